@@ -1,0 +1,140 @@
+#include "core/tensor.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "core/error.hpp"
+
+namespace trainer {
+
+const char* layout_name(Layout l) {
+  switch (l) {
+    case Layout::plain: return "plain";
+    case Layout::nChw16c: return "nChw16c";
+  }
+  return "?";
+}
+
+std::string shape_str(const Shape& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+int64_t storage_size_for(const Shape& shape, Layout layout) {
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    TRAINER_CHECK(d >= 0, "tensor shape {} has a negative dimension", shape_str(shape));
+    n *= d;
+  }
+  if (layout == Layout::nChw16c) {
+    TRAINER_CHECK(shape.size() == 4, "layout nChw16c needs a 4-D shape, got {}", shape_str(shape));
+    return shape[0] * ((shape[1] + 15) / 16) * 16 * shape[2] * shape[3];
+  }
+  return n;
+}
+
+void Tensor::FreeDeleter::operator()(float* p) const { std::free(p); }
+
+Tensor::Tensor(Shape shape, Layout layout) {
+  resize(shape, layout);
+  zero();
+}
+
+Tensor::Tensor(const Tensor& other) { *this = other; }
+
+Tensor& Tensor::operator=(const Tensor& other) {
+  if (this == &other) return *this;
+  resize(other.shape_, other.layout_);
+  if (storage_size_) std::memcpy(data(), other.data(), sizeof(float) * storage_size_);
+  return *this;
+}
+
+int64_t Tensor::dim(int i) const {
+  TRAINER_CHECK(i >= 0 && i < rank(), "dimension {} asked of a tensor of shape {}", i, shape_str(shape_));
+  return shape_[i];
+}
+
+int64_t Tensor::numel() const {
+  if (shape_.empty()) return 0;
+  int64_t n = 1;
+  for (int64_t d : shape_) n *= d;
+  return n;
+}
+
+void Tensor::resize(const Shape& shape, Layout layout) {
+  const int64_t need = storage_size_for(shape, layout);
+  const bool was_padded = layout_ == Layout::nChw16c;
+  if (need > capacity_) {
+    // Round the byte count up to the 64-byte alignment, as aligned_alloc requires.
+    const size_t bytes = (static_cast<size_t>(need) * sizeof(float) + 63) / 64 * 64;
+    float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!p) fail("out of memory allocating a tensor of shape {} ({} bytes)", shape_str(shape), bytes);
+    data_.reset(p);
+    capacity_ = need;
+    shape_ = shape;
+    layout_ = layout;
+    storage_size_ = need;
+    if (layout == Layout::nChw16c) zero();
+    return;
+  }
+  const bool shape_changed = shape != shape_ || layout != layout_;
+  shape_ = shape;
+  layout_ = layout;
+  storage_size_ = need;
+  // Padding channels must read as zero; clear when the geometry of a blocked tensor changed.
+  if (layout == Layout::nChw16c && (shape_changed || !was_padded) && shape[1] % 16 != 0) zero();
+}
+
+void Tensor::zero() {
+  if (storage_size_) std::memset(data(), 0, sizeof(float) * storage_size_);
+}
+
+void Tensor::fill(float v) {
+  if (layout_ == Layout::plain || rank() != 4) {
+    std::fill(data(), data() + storage_size_, v);
+    return;
+  }
+  zero();
+  for (int64_t n = 0; n < shape_[0]; ++n)
+    for (int64_t c = 0; c < shape_[1]; ++c)
+      for (int64_t h = 0; h < shape_[2]; ++h)
+        for (int64_t w = 0; w < shape_[3]; ++w) at(n, c, h, w) = v;
+}
+
+int64_t Tensor::offset(int64_t n, int64_t c, int64_t h, int64_t w) const {
+  if (rank() == 2) return n * shape_[1] + c;
+  const int64_t C = shape_[1], H = shape_[2], W = shape_[3];
+  if (layout_ == Layout::plain) return ((n * C + c) * H + h) * W + w;
+  const int64_t CB = (C + 15) / 16;
+  return (((n * CB + c / 16) * H + h) * W + w) * 16 + (c % 16);
+}
+
+Tensor Tensor::to_layout(Layout layout) const {
+  if (layout == layout_) return *this;
+  TRAINER_CHECK(rank() == 4, "layout conversion needs a 4-D tensor, got {}", shape_str(shape_));
+  Tensor out(shape_, layout);
+  const int64_t N = shape_[0], C = shape_[1], H = shape_[2], W = shape_[3];
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t w = 0; w < W; ++w) out.at(n, c, h, w) = at(n, c, h, w);
+  return out;
+}
+
+Tensor Tensor::reshaped(const Shape& shape) const {
+  TRAINER_CHECK(layout_ == Layout::plain, "reshape needs a plain tensor, this one is {}", layout_name(layout_));
+  Tensor out(shape, Layout::plain);
+  TRAINER_CHECK(out.numel() == numel(), "cannot reshape {} to {}: element counts differ", shape_str(shape_),
+                shape_str(shape));
+  if (storage_size_) std::memcpy(out.data(), data(), sizeof(float) * storage_size_);
+  return out;
+}
+
+void check_shape(const Tensor& t, const Shape& expected, const char* what) {
+  TRAINER_CHECK(t.shape() == expected, "{}: expected shape {}, got {}", what, shape_str(expected),
+                shape_str(t.shape()));
+}
+
+}  // namespace trainer

@@ -1,0 +1,159 @@
+#include "nn/graph.hpp"
+
+#include <fmt/format.h>
+
+#include "core/error.hpp"
+#include "core/timer.hpp"
+#include "kernels/eltwise.hpp"
+
+namespace trainer {
+
+int Graph::add(std::unique_ptr<Layer> layer, std::vector<int> inputs) {
+  TRAINER_CHECK(layer != nullptr, "graph: null layer");
+  TRAINER_CHECK(static_cast<int>(inputs.size()) == layer->num_inputs(), "layer '{}' ({}) takes {} inputs, given {}",
+                layer->name(), layer->kind(), layer->num_inputs(), inputs.size());
+  for (int i : inputs)
+    TRAINER_CHECK(i >= kInput && i < static_cast<int>(nodes_.size()),
+                  "layer '{}' reads node {}, which does not exist yet", layer->name(), i);
+  Node n;
+  n.layer = std::move(layer);
+  n.inputs = std::move(inputs);
+  nodes_.push_back(std::move(n));
+  return last();
+}
+
+int Graph::add(std::unique_ptr<Layer> layer) { return add(std::move(layer), {nodes_.empty() ? kInput : last()}); }
+
+Shape Graph::check(const Shape& input_shape) const {
+  TRAINER_CHECK(!nodes_.empty(), "graph: the model has no layers");
+  std::vector<Shape> shapes(nodes_.size());
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    std::vector<Shape> in;
+    for (int j : nodes_[i].inputs) in.push_back(j == kInput ? input_shape : shapes[j]);
+    shapes[i] = nodes_[i].layer->infer_shape(in);
+  }
+  return shapes.back();
+}
+
+void Graph::init(Rng& rng) {
+  for (auto& n : nodes_) n.layer->init(rng);
+}
+
+std::vector<const Tensor*> Graph::inputs_ptrs(const Node& n) const {
+  std::vector<const Tensor*> xs;
+  xs.reserve(n.inputs.size());
+  for (int j : n.inputs) xs.push_back(j == kInput ? input_ : &nodes_[j].y);
+  return xs;
+}
+
+const Tensor& Graph::forward(const Tensor& x, bool training, OpStream* ops) {
+  TRAINER_CHECK(!nodes_.empty(), "graph: the model has no layers");
+  input_ = &x;
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    Node& n = nodes_[i];
+    auto xs = inputs_ptrs(n);
+    const uint64_t t0 = now_ns();
+    n.layer->ff(xs, n.y, training);
+    if (ops) {
+      Op op = n.layer->describe(Phase::ff, xs, n.y);
+      op.time_ns = now_ns() - t0;
+      op.layer = static_cast<int32_t>(i);
+      op.layer_name = n.layer->name();
+      ops->record(std::move(op));
+    }
+  }
+  return nodes_.back().y;
+}
+
+void Graph::backward(const Tensor& dy, OpStream* ops) {
+  TRAINER_CHECK(input_ != nullptr, "graph: backward called before forward");
+  Node& out = nodes_.back();
+  TRAINER_CHECK(dy.shape() == out.y.shape(), "graph: output gradient has shape {}, the output has {}",
+                shape_str(dy.shape()), shape_str(out.y.shape()));
+  for (auto& n : nodes_) n.dy_set = false;
+  out.dy = dy;
+  out.dy_set = true;
+  for (int i = last(); i >= 0; --i) {
+    Node& n = nodes_[i];
+    if (!n.dy_set) continue;  // nothing downstream of this node reaches the loss
+    auto xs = inputs_ptrs(n);
+    auto record = [&](Phase phase, uint64_t t0) {
+      if (!ops) return;
+      Op op = n.layer->describe(phase, xs, n.y);
+      op.time_ns = now_ns() - t0;
+      op.layer = i;
+      op.layer_name = n.layer->name();
+      ops->record(std::move(op));
+    };
+    if (!n.layer->params().empty()) {
+      const uint64_t t0 = now_ns();
+      n.layer->wg(xs, n.y, n.dy);
+      record(Phase::wg, t0);
+    }
+    // Inputs that need a gradient: every node output (the model input needs none). The first writer
+    // of a node's gradient writes it in place; later ones (a node read by several layers, as the
+    // residual shortcut is) go through scratch and are added.
+    std::vector<Tensor*> dxs(n.inputs.size(), nullptr);
+    std::vector<int> accumulate;
+    bool any = false;
+    for (size_t k = 0; k < n.inputs.size(); ++k) {
+      const int j = n.inputs[k];
+      if (j == kInput) continue;
+      any = true;
+      if (!nodes_[j].dy_set) {
+        dxs[k] = &nodes_[j].dy;
+      } else {
+        TRAINER_CHECK(accumulate.empty(), "graph: layer '{}' reads two nodes that both need accumulation",
+                      n.layer->name());
+        dxs[k] = &scratch_;
+        accumulate.push_back(static_cast<int>(k));
+      }
+    }
+    if (!any) continue;
+    const uint64_t t0 = now_ns();
+    n.layer->bp(xs, n.y, n.dy, dxs);
+    for (int k : accumulate) add_inplace(nodes_[n.inputs[k]].dy, scratch_);
+    record(Phase::bp, t0);
+    for (size_t k = 0; k < n.inputs.size(); ++k)
+      if (dxs[k]) nodes_[n.inputs[k]].dy_set = true;
+  }
+}
+
+std::vector<Param*> Graph::params() {
+  std::vector<Param*> out;
+  for (auto& n : nodes_)
+    for (Param* p : n.layer->params()) out.push_back(p);
+  return out;
+}
+
+std::vector<Buffer> Graph::buffers() {
+  std::vector<Buffer> out;
+  for (auto& n : nodes_)
+    for (const Buffer& b : n.layer->buffers()) out.push_back(b);
+  return out;
+}
+
+int64_t Graph::num_parameters() {
+  int64_t total = 0;
+  for (Param* p : params()) total += p->value.numel();
+  return total;
+}
+
+std::string Graph::describe(const Shape& input_shape) const {
+  std::vector<Shape> shapes(nodes_.size());
+  std::string out = fmt::format("{:<28} {:<12} {:<20} {}\n", "layer", "kind", "output", "inputs");
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    std::vector<Shape> in;
+    std::string names;
+    for (int j : nodes_[i].inputs) {
+      in.push_back(j == kInput ? input_shape : shapes[j]);
+      names += (names.empty() ? "" : ", ") + (j == kInput ? std::string("input") : nodes_[j].layer->name());
+    }
+    shapes[i] = nodes_[i].layer->infer_shape(in);
+    out += fmt::format("{:<28} {:<12} {:<20} {}\n", nodes_[i].layer->name(), nodes_[i].layer->kind(),
+                       shape_str(shapes[i]), names);
+  }
+  return out;
+}
+
+}  // namespace trainer

@@ -1,0 +1,59 @@
+// Graph: a model as a list of layers in execution order, each reading the outputs of earlier nodes
+// (or the model input). Runs FF forward, then WG and BP in reverse, recording one Op per phase.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nn/layer.hpp"
+#include "ops/op_stream.hpp"
+
+namespace trainer {
+
+class Graph {
+ public:
+  static constexpr int kInput = -1;
+
+  // Appends a layer reading the given nodes (kInput = the model input); returns its node id.
+  int add(std::unique_ptr<Layer> layer, std::vector<int> inputs);
+  // Appends a layer reading the previous node (or the model input when it is the first).
+  int add(std::unique_ptr<Layer> layer);
+  int last() const { return static_cast<int>(nodes_.size()) - 1; }
+
+  // Checks every layer's shapes for this input shape (throws trainer::Error naming the layer) and
+  // returns the output shape.
+  Shape check(const Shape& input_shape) const;
+  void init(Rng& rng);
+
+  // x: [N, C, H, W]. Returns the last node's output (valid until the next forward).
+  const Tensor& forward(const Tensor& x, bool training, OpStream* ops = nullptr);
+  // dy: gradient of the loss w.r.t. forward()'s output. Leaves gradients in every Param::grad.
+  void backward(const Tensor& dy, OpStream* ops = nullptr);
+
+  std::vector<Param*> params();
+  std::vector<Buffer> buffers();
+  size_t size() const { return nodes_.size(); }
+  Layer& layer(int i) { return *nodes_.at(i).layer; }
+  const Layer& layer(int i) const { return *nodes_.at(i).layer; }
+  const std::vector<int>& inputs_of(int i) const { return nodes_.at(i).inputs; }
+  const Tensor& output_of(int i) const { return nodes_.at(i).y; }
+  int64_t num_parameters();
+  // One line per layer: name, kind, output shape, parameters.
+  std::string describe(const Shape& input_shape) const;
+
+ private:
+  struct Node {
+    std::unique_ptr<Layer> layer;
+    std::vector<int> inputs;
+    Tensor y;      // output of the last forward
+    Tensor dy;     // gradient w.r.t. y, during backward
+    bool dy_set = false;
+  };
+  std::vector<const Tensor*> inputs_ptrs(const Node& n) const;
+  std::vector<Node> nodes_;
+  const Tensor* input_ = nullptr;
+  Tensor scratch_;
+};
+
+}  // namespace trainer

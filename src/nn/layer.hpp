@@ -1,0 +1,76 @@
+// Layer: one node of a model, with the three phases the project counts, skips and costs as separate
+// entry points:
+//   ff : y = f(x)                       (forward)
+//   bp : dx = dL/dx given dy = dL/dy    (back-propagation of errors to the input)
+//   wg : dW = dL/dW given dy            (weight gradients; only layers with parameters)
+// The graph calls, per layer in reverse order, wg (if the layer has parameters) and then bp (if any
+// input needs a gradient). bp may use what wg computed in the same step (batch norm does).
+//
+// Layout contract (docs/ARCHITECTURE.md): a 4-D activation may be plain NCHW or nChw16c. Every layer
+// accepts both. Element-wise and per-channel layers write y in x's layout; conv2d chooses (nChw16c when
+// its output channels are a multiple of 16); flatten writes plain [N, C*H*W]. dx always has x's shape
+// and layout, and dy has y's.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/rng.hpp"
+#include "core/tensor.hpp"
+#include "ops/op.hpp"
+
+namespace trainer {
+
+// A trainable tensor and its gradient (same shape, plain layout).
+struct Param {
+  std::string name;       // "<layer>.weight", "<layer>.bias", ...
+  Tensor value;
+  Tensor grad;
+  bool weight_decay = true;  // biases and batch-norm affine parameters are exempt
+};
+
+// A named tensor that is state but not trained (batch-norm running statistics); saved in checkpoints.
+struct Buffer {
+  std::string name;
+  Tensor* tensor;
+};
+
+class Layer {
+ public:
+  explicit Layer(std::string name) : name_(std::move(name)) {}
+  virtual ~Layer() = default;
+  Layer(const Layer&) = delete;
+  Layer& operator=(const Layer&) = delete;
+
+  const std::string& name() const { return name_; }
+  virtual const char* kind() const = 0;
+  virtual int num_inputs() const { return 1; }
+
+  // Logical output shape for these input shapes; throws trainer::Error naming the layer when the
+  // shapes make no sense (wrong rank, channel mismatch, kernel larger than the padded input...).
+  virtual Shape infer_shape(const std::vector<Shape>& in) const = 0;
+
+  // Initialises parameters (He/Kaiming-uniform as PyTorch does, unless the layer says otherwise).
+  virtual void init(Rng& /*rng*/) {}
+
+  // x: inputs (num_inputs() of them); y: resized by the layer. `training` selects batch statistics.
+  virtual void ff(const std::vector<const Tensor*>& x, Tensor& y, bool training) = 0;
+  // dx[i] may be nullptr when input i needs no gradient; the others are resized by the layer.
+  virtual void bp(const std::vector<const Tensor*>& x, const Tensor& y, const Tensor& dy,
+                  const std::vector<Tensor*>& dx) = 0;
+  // Writes (not accumulates) the gradients of params().
+  virtual void wg(const std::vector<const Tensor*>& /*x*/, const Tensor& /*y*/, const Tensor& /*dy*/) {}
+
+  virtual std::vector<Param*> params() { return {}; }
+  virtual std::vector<Buffer> buffers() { return {}; }
+
+  // The Op record of a phase, for the shapes of the last ff: shapes, stride/pad, dense MACs.
+  // The graph fills in layer index, name and time.
+  virtual Op describe(Phase phase, const std::vector<const Tensor*>& x, const Tensor& y) const;
+
+ private:
+  std::string name_;
+};
+
+}  // namespace trainer

@@ -1,0 +1,40 @@
+// OpStream: the Ops of the current training step, and a running per-(layer, phase) summary over a run.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "ops/op.hpp"
+
+namespace trainer {
+
+struct OpTotals {
+  std::string layer_name;
+  std::string kind;
+  uint64_t calls = 0;
+  uint64_t dense_macs = 0;
+  uint64_t time_ns = 0;
+};
+
+class OpStream {
+ public:
+  // Starts a new step: the previous step's records are folded into the run totals and cleared.
+  void begin_step();
+  void record(Op op) { step_.push_back(std::move(op)); }
+  const std::vector<Op>& step_ops() const { return step_; }
+
+  // Totals over every step so far (including the current one), keyed by (layer, phase).
+  std::map<std::pair<int32_t, Phase>, OpTotals> totals() const;
+  void clear();
+
+ private:
+  void fold(const Op& op, std::map<std::pair<int32_t, Phase>, OpTotals>& into) const;
+  std::vector<Op> step_;
+  std::map<std::pair<int32_t, Phase>, OpTotals> run_;
+};
+
+// A table (one row per layer, columns per phase: GMACs and ms) for the end-of-run summary.
+std::string format_op_summary(const OpStream& ops, uint64_t images);
+
+}  // namespace trainer

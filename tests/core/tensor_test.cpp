@@ -1,0 +1,37 @@
+#include <gtest/gtest.h>
+
+#include "core/error.hpp"
+#include "core/tensor.hpp"
+
+using namespace trainer;
+
+TEST(Tensor, BlockedLayoutRoundTripsAndPadsWithZero) {
+  Tensor t({2, 20, 3, 5});
+  for (int64_t n = 0; n < 2; ++n)
+    for (int64_t c = 0; c < 20; ++c)
+      for (int64_t h = 0; h < 3; ++h)
+        for (int64_t w = 0; w < 5; ++w) t.at(n, c, h, w) = static_cast<float>(((n * 20 + c) * 3 + h) * 5 + w);
+  Tensor b = t.to_layout(Layout::nChw16c);
+  EXPECT_EQ(b.storage_size(), 2 * 32 * 3 * 5);
+  EXPECT_EQ(b.at(1, 17, 2, 4), t.at(1, 17, 2, 4));
+  // Channels 20..31 of the second block are padding.
+  for (int64_t i = 0; i < b.storage_size(); ++i)
+    if ((i % 16) >= 4 && ((i / (16 * 15)) % 2) == 1) {
+      ASSERT_EQ(b.data()[i], 0.0f) << i;
+    }
+  Tensor back = b.to_layout(Layout::plain);
+  for (int64_t i = 0; i < t.numel(); ++i) ASSERT_EQ(back.data()[i], t.data()[i]);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(b.data()) % 64, 0u);
+}
+
+TEST(Tensor, ShapeChecksFailLoudly) {
+  Tensor t({2, 3});
+  EXPECT_THROW(check_shape(t, {3, 2}, "logits"), Error);
+  EXPECT_THROW(Tensor({2, 3}, Layout::nChw16c), Error);
+  EXPECT_THROW(t.reshaped({7}), Error);
+  try {
+    check_shape(t, {3, 2}, "logits");
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("logits"), std::string::npos);
+  }
+}
