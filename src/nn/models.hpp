@@ -1,0 +1,23 @@
+// The model zoo, each model built from a short readable description (see models.cpp).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nn/graph.hpp"
+
+namespace trainer {
+
+struct ModelOptions {
+  int64_t width = 16;  // channels of the first stage (ResNet, VGG); LeNet-5 ignores it
+};
+
+// name: lenet5 | resnet8 | resnet14 | resnet20 | resnet<6n+2> | resnet18 | vgg8
+// input: [C, H, W] of one image. Throws trainer::Error for an unknown name or an input the model
+// cannot take (naming the model and the shape).
+std::unique_ptr<Graph> build_model(const std::string& name, const Shape& input, int64_t num_classes,
+                                   const ModelOptions& options = {});
+std::vector<std::string> model_names();
+
+}  // namespace trainer
