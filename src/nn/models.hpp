@@ -10,7 +10,9 @@
 namespace trainer {
 
 struct ModelOptions {
-  int64_t width = 16;  // channels of the first stage (ResNet, VGG); LeNet-5 ignores it
+  // Channels of the first stage (ResNet, VGG); 0 = the model's usual width (16 for the CIFAR ResNets
+  // and vgg8, 64 for resnet18). LeNet-5 ignores it.
+  int64_t width = 0;
 };
 
 // name: lenet5 | resnet8 | resnet14 | resnet20 | resnet<6n+2> | resnet18 | vgg8
