@@ -8,6 +8,22 @@
 
 namespace trainer {
 
+namespace {
+
+// Operand nonzero maps for an Op (see Op::x_nz): ff reads x and w, bp reads dy and w, wg reads x and dy.
+// The weight operand is the layer's first parameter (conv and linear weights).
+void attach_nonzeros(Op& op, Layer& layer, const std::vector<const Tensor*>& xs, const Tensor* dy) {
+  auto params = layer.params();
+  const Tensor* w = params.empty() ? nullptr : &params.front()->value;
+  const bool weighted = w && (op.kind == "conv2d" || op.kind == "linear");
+  if (op.phase != Phase::bp && !xs.empty() && xs[0])
+    op.x_nz = std::make_shared<const Bitmap>(Bitmap::nonzeros_of(*xs[0]));
+  if (op.phase != Phase::wg && weighted) op.w_nz = std::make_shared<const Bitmap>(Bitmap::nonzeros_of(*w));
+  if (op.phase != Phase::ff && dy) op.dy_nz = std::make_shared<const Bitmap>(Bitmap::nonzeros_of(*dy));
+}
+
+}  // namespace
+
 int Graph::add(std::unique_ptr<Layer> layer, std::vector<int> inputs) {
   TRAINER_CHECK(layer != nullptr, "graph: null layer");
   TRAINER_CHECK(static_cast<int>(inputs.size()) == layer->num_inputs(), "layer '{}' ({}) takes {} inputs, given {}",
@@ -59,6 +75,7 @@ const Tensor& Graph::forward(const Tensor& x, bool training, OpStream* ops) {
       op.time_ns = now_ns() - t0;
       op.layer = static_cast<int32_t>(i);
       op.layer_name = n.layer->name();
+      if (ops->capturing_nonzeros()) attach_nonzeros(op, *n.layer, xs, nullptr);
       ops->record(std::move(op));
     }
   }
@@ -83,6 +100,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
       op.time_ns = now_ns() - t0;
       op.layer = i;
       op.layer_name = n.layer->name();
+      if (ops->capturing_nonzeros()) attach_nonzeros(op, *n.layer, xs, &n.dy);
       ops->record(std::move(op));
     };
     if (!n.layer->params().empty()) {

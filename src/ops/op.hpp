@@ -5,7 +5,10 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <string>
+
+#include "core/bitmap.hpp"
 
 namespace trainer {
 
@@ -29,6 +32,12 @@ struct Op {
   std::array<int32_t, 2> pad{0, 0};
   uint64_t dense_macs = 0;  // multiply-accumulates of the dense computation of this phase
   uint64_t time_ns = 0;     // wall time the engine spent on it
+
+  // Operand nonzero maps, filled only when the stream asks for them (OpStream::capture_nonzeros),
+  // since building them costs a pass over each operand. Which operands a phase has:
+  //   ff: x, w          bp: dy, w          wg: x, dy
+  // Null when not captured or when the phase has no such operand (w for a layer without weights).
+  std::shared_ptr<const Bitmap> x_nz, w_nz, dy_nz;
 };
 
 }  // namespace trainer

@@ -19,6 +19,10 @@ struct OpTotals {
 
 class OpStream {
  public:
+  // When true, the engine attaches operand nonzero maps (Op::x_nz, w_nz, dy_nz) to each record.
+  void capture_nonzeros(bool on) { capture_nonzeros_ = on; }
+  bool capturing_nonzeros() const { return capture_nonzeros_; }
+
   // Starts a new step: the previous step's records are folded into the run totals and cleared.
   void begin_step();
   void record(Op op) { step_.push_back(std::move(op)); }
@@ -30,6 +34,7 @@ class OpStream {
 
  private:
   void fold(const Op& op, std::map<std::pair<int32_t, Phase>, OpTotals>& into) const;
+  bool capture_nonzeros_ = false;
   std::vector<Op> step_;
   std::map<std::pair<int32_t, Phase>, OpTotals> run_;
 };
