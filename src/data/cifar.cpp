@@ -38,15 +38,16 @@ void append_batch_file(const std::string& path, Dataset& ds) {
   std::unique_ptr<std::FILE, FileCloser> f(std::fopen(path.c_str(), "rb"));
   TRAINER_CHECK(f != nullptr, "CIFAR-10 file '{}': cannot open ({})", path, std::strerror(errno));
   const size_t got = std::fread(raw.data(), 1, raw.size(), f.get());
-  TRAINER_CHECK(got == raw.size(), "CIFAR-10 file '{}': truncated: read {} of {} bytes", path, got, raw.size());
+  TRAINER_CHECK(got == raw.size(), "CIFAR-10 file '{}': truncated: read {} of {} bytes", path, got,
+                raw.size());
 
   const int64_t first = ds.size();
   ds.labels.resize(first + records);
   ds.images.resize((first + records) * kImageBytes);
   for (int64_t r = 0; r < records; ++r) {
     const uint8_t* rec = raw.data() + r * kRecordBytes;
-    TRAINER_CHECK(rec[0] < kClasses, "CIFAR-10 file '{}': record {} has label {}, expected 0..{}", path, r, rec[0],
-                  kClasses - 1);
+    TRAINER_CHECK(rec[0] < kClasses, "CIFAR-10 file '{}': record {} has label {}, expected 0..{}", path, r,
+                  rec[0], kClasses - 1);
     ds.labels[first + r] = rec[0];
     std::memcpy(ds.images.data() + (first + r) * kImageBytes, rec + 1, kImageBytes);
   }

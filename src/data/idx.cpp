@@ -86,8 +86,9 @@ class IdxReader {
 
   void expect_magic(uint32_t expected, const char* meaning) {
     const uint32_t magic = read_u32_be("magic number");
-    TRAINER_CHECK(magic == expected, "{} file '{}': wrong magic number 0x{:08x} ({}), expected 0x{:08x} ({}) for {}",
-                  kind_, path_, magic, magic, expected, expected, meaning);
+    TRAINER_CHECK(magic == expected,
+                  "{} file '{}': wrong magic number 0x{:08x} ({}), expected 0x{:08x} ({}) for {}", kind_,
+                  path_, magic, magic, expected, expected, meaning);
   }
 
   const std::string& path() const { return path_; }
@@ -110,12 +111,13 @@ IdxImages read_images(const std::string& path) {
   out.count = in.read_u32_be("image count");
   out.rows = in.read_u32_be("row count");
   out.cols = in.read_u32_be("column count");
-  TRAINER_CHECK(out.rows > 0 && out.cols > 0, "IDX images file '{}': image size {}x{} is empty", path, out.rows,
-                out.cols);
+  TRAINER_CHECK(out.rows > 0 && out.cols > 0, "IDX images file '{}': image size {}x{} is empty", path,
+                out.rows, out.cols);
   // Each dim is below 2^32, so the per-image product fits; the total is checked before multiplying.
   const uint64_t image_bytes = static_cast<uint64_t>(out.rows) * static_cast<uint64_t>(out.cols);
-  TRAINER_CHECK(static_cast<uint64_t>(out.count) <= kMaxPayloadBytes / image_bytes, "IDX images file '{}': header promises {} images of {}x{}, too large",
-                path, out.count, out.rows, out.cols);
+  TRAINER_CHECK(static_cast<uint64_t>(out.count) <= kMaxPayloadBytes / image_bytes,
+                "IDX images file '{}': header promises {} images of {}x{}, too large", path, out.count,
+                out.rows, out.cols);
   const uint64_t bytes = static_cast<uint64_t>(out.count) * image_bytes;
   in.read_payload(out.pixels, bytes, fmt::format("{} images of {}x{}", out.count, out.rows, out.cols));
   return out;
@@ -143,8 +145,8 @@ std::string find_idx_file(const std::string& dir, const std::string& stem) {
 }  // namespace
 
 Dataset load_idx(const std::string& images_path, const std::string& labels_path, int64_t num_classes) {
-  TRAINER_CHECK(num_classes > 0 && num_classes <= 256, "load_idx('{}'): num_classes must be in 1..256, got {}",
-                images_path, num_classes);
+  TRAINER_CHECK(num_classes > 0 && num_classes <= 256,
+                "load_idx('{}'): num_classes must be in 1..256, got {}", images_path, num_classes);
   IdxImages images = read_images(images_path);
   const std::vector<uint8_t> raw_labels = read_labels(labels_path);
   TRAINER_CHECK(static_cast<int64_t>(raw_labels.size()) == images.count,
@@ -160,8 +162,9 @@ Dataset load_idx(const std::string& images_path, const std::string& labels_path,
   ds.images = std::move(images.pixels);
   ds.labels.resize(raw_labels.size());
   for (size_t i = 0; i < raw_labels.size(); ++i) {
-    TRAINER_CHECK(raw_labels[i] < num_classes, "IDX labels file '{}': label {} of example {} is out of range 0..{}",
-                  labels_path, raw_labels[i], i, num_classes - 1);
+    TRAINER_CHECK(raw_labels[i] < num_classes,
+                  "IDX labels file '{}': label {} of example {} is out of range 0..{}", labels_path,
+                  raw_labels[i], i, num_classes - 1);
     ds.labels[i] = raw_labels[i];
   }
   return ds;

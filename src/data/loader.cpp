@@ -24,7 +24,8 @@ Loader::Loader(const Dataset& ds, int64_t batch_size, Normalization norm, bool s
       seed_(seed),
       drop_last_(drop_last) {
   TRAINER_CHECK(batch_size > 0, "Loader({}): batch size must be positive, got {}", ds.name, batch_size);
-  TRAINER_CHECK(aug.crop_padding >= 0, "Loader({}): crop padding must be >= 0, got {}", ds.name, aug.crop_padding);
+  TRAINER_CHECK(aug.crop_padding >= 0, "Loader({}): crop padding must be >= 0, got {}", ds.name,
+                aug.crop_padding);
   // No statistics given: leave pixels in [0, 1].
   if (norm_.mean.empty() && norm_.std.empty()) {
     norm_.mean.assign(ds.channels, 0.0f);
@@ -62,8 +63,8 @@ void Loader::batch(int64_t index, Tensor& x, std::vector<int32_t>& labels) const
   TRAINER_CHECK(static_cast<int64_t>(order_.size()) == ds_.size(),
                 "Loader({}): the data set changed size ({} -> {}) since start_epoch", ds_.name, order_.size(),
                 ds_.size());
-  TRAINER_CHECK(index >= 0 && index < num_batches(), "Loader({}): batch {} out of range, epoch has {} batches",
-                ds_.name, index, num_batches());
+  TRAINER_CHECK(index >= 0 && index < num_batches(),
+                "Loader({}): batch {} out of range, epoch has {} batches", ds_.name, index, num_batches());
   const int64_t first = index * batch_size_;
   const int64_t count = std::min(batch_size_, ds_.size() - first);
   const int64_t channels = ds_.channels, height = ds_.height, width = ds_.width;
@@ -80,7 +81,9 @@ void Loader::batch(int64_t index, Tensor& x, std::vector<int32_t>& labels) const
   const int64_t pad = aug_.crop_padding;
   const bool augment = pad > 0 || aug_.horizontal_flip;
   float* out = x.data();
-#pragma omp parallel for schedule(static)
+  // Below a few tens of thousands of pixels waking the thread team costs more than the copy.
+  const bool parallel = count * image_size >= (int64_t{1} << 15);
+#pragma omp parallel for schedule(static) if (parallel)
   for (int64_t i = 0; i < count; ++i) {
     const int64_t position = first + i;
     const int64_t example = order_[position];

@@ -1,5 +1,6 @@
 // The synthetic data set, subsets, and per-channel statistics.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -27,11 +28,13 @@ std::vector<double> class_template(Rng& rng, int64_t channels, int64_t height, i
     for (double& g : grid) g = kPatternAmplitude * (2.0 * rng.uniform() - 1.0);
     for (int64_t h = 0; h < height; ++h) {
       // Bilinear position of this pixel on the grid (grid points span the image corner to corner).
-      const double gy = height > 1 ? static_cast<double>(h) * (kGrid - 1) / static_cast<double>(height - 1) : 0.0;
+      const double gy =
+          height > 1 ? static_cast<double>(h) * (kGrid - 1) / static_cast<double>(height - 1) : 0.0;
       const int64_t y0 = std::min<int64_t>(static_cast<int64_t>(gy), kGrid - 2);
       const double fy = gy - static_cast<double>(y0);
       for (int64_t w = 0; w < width; ++w) {
-        const double gx = width > 1 ? static_cast<double>(w) * (kGrid - 1) / static_cast<double>(width - 1) : 0.0;
+        const double gx =
+            width > 1 ? static_cast<double>(w) * (kGrid - 1) / static_cast<double>(width - 1) : 0.0;
         const int64_t x0 = std::min<int64_t>(static_cast<int64_t>(gx), kGrid - 2);
         const double fx = gx - static_cast<double>(x0);
         const double top = grid[y0 * kGrid + x0] * (1 - fx) + grid[y0 * kGrid + x0 + 1] * fx;
@@ -43,14 +46,32 @@ std::vector<double> class_template(Rng& rng, int64_t channels, int64_t height, i
   return templ;
 }
 
+// Standard normal quantiles at (k + 0.5) / 256: noise is drawn one random byte per pixel from this
+// table, eight pixels per Rng draw, about 50x cheaper than Box-Muller and plenty normal for noise.
+std::array<double, 256> normal_quantiles() {
+  std::array<double, 256> q{};
+  for (int k = 0; k < 256; ++k) {
+    const double p = (k + 0.5) / 256.0;
+    double lo = -10.0, hi = 10.0;
+    // Phi(z) = erfc(-z / sqrt 2) / 2 is increasing; bisect to double precision.
+    for (int it = 0; it < 100; ++it) {
+      const double mid = 0.5 * (lo + hi);
+      (0.5 * std::erfc(-mid / std::sqrt(2.0)) < p ? lo : hi) = mid;
+    }
+    q[k] = 0.5 * (lo + hi);
+  }
+  return q;
+}
+
 }  // namespace
 
 Dataset make_synthetic(int64_t size, int64_t channels, int64_t height, int64_t width, int64_t num_classes,
                        uint64_t seed) {
-  TRAINER_CHECK(size >= 0 && channels > 0 && height > 0 && width > 0 && num_classes > 0,
-                "make_synthetic: expected size >= 0 and positive channels, height, width, classes; got size {}, "
-                "shape {}x{}x{}, {} classes",
-                size, channels, height, width, num_classes);
+  TRAINER_CHECK(
+      size >= 0 && channels > 0 && height > 0 && width > 0 && num_classes > 0,
+      "make_synthetic: expected size >= 0 and positive channels, height, width, classes; got size {}, "
+      "shape {}x{}x{}, {} classes",
+      size, channels, height, width, num_classes);
   Dataset ds;
   ds.name = "synthetic";
   ds.channels = channels;
@@ -61,7 +82,8 @@ Dataset make_synthetic(int64_t size, int64_t channels, int64_t height, int64_t w
   Rng template_rng = Rng::derive(seed, kTemplateStream);
   std::vector<std::vector<double>> templates;
   templates.reserve(num_classes);
-  for (int64_t k = 0; k < num_classes; ++k) templates.push_back(class_template(template_rng, channels, height, width));
+  for (int64_t k = 0; k < num_classes; ++k)
+    templates.push_back(class_template(template_rng, channels, height, width));
 
   // Balanced classes in a shuffled order, so any prefix (take_first) holds every class about equally.
   ds.labels.resize(size);
@@ -71,15 +93,21 @@ Dataset make_synthetic(int64_t size, int64_t channels, int64_t height, int64_t w
 
   const int64_t image_size = channels * height * width;
   ds.images.resize(size * image_size);
-  // Each example draws its noise from its own stream, so the result does not depend on thread count.
+  std::array<double, 256> noise_table = normal_quantiles();
+  for (double& v : noise_table) v *= kNoiseStd;
+    // Each example draws its noise from its own stream, so the result does not depend on thread count.
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < size; ++i) {
     Rng noise = Rng::derive(seed, kNoiseStream, static_cast<uint64_t>(i));
     const std::vector<double>& templ = templates[ds.labels[i]];
     uint8_t* img = ds.images.data() + i * image_size;
+    uint64_t bits = 0;
     for (int64_t j = 0; j < image_size; ++j) {
-      const double v = std::round(templ[j] + kNoiseStd * noise.normal());
-      img[j] = static_cast<uint8_t>(std::clamp(v, 0.0, 255.0));
+      if (j % 8 == 0) bits = noise.next();
+      // Clamped first, so adding 0.5 and truncating rounds to nearest.
+      const double v = std::clamp(templ[j] + noise_table[bits & 0xff], 0.0, 255.0);
+      bits >>= 8;
+      img[j] = static_cast<uint8_t>(v + 0.5);
     }
   }
   return ds;
