@@ -12,6 +12,7 @@ const char* layout_name(Layout l) {
   switch (l) {
     case Layout::plain: return "plain";
     case Layout::nChw16c: return "nChw16c";
+    case Layout::NCHW16n: return "NCHW16n";
   }
   return "?";
 }
@@ -31,6 +32,10 @@ int64_t storage_size_for(const Shape& shape, Layout layout) {
   if (layout == Layout::nChw16c) {
     TRAINER_CHECK(shape.size() == 4, "layout nChw16c needs a 4-D shape, got {}", shape_str(shape));
     return shape[0] * ((shape[1] + 15) / 16) * 16 * shape[2] * shape[3];
+  }
+  if (layout == Layout::NCHW16n) {
+    TRAINER_CHECK(shape.size() == 4, "layout NCHW16n needs a 4-D shape, got {}", shape_str(shape));
+    return ((shape[0] + 15) / 16) * 16 * shape[1] * shape[2] * shape[3];
   }
   return n;
 }
@@ -65,7 +70,7 @@ int64_t Tensor::numel() const {
 
 void Tensor::resize(const Shape& shape, Layout layout) {
   const int64_t need = storage_size_for(shape, layout);
-  const bool was_padded = layout_ == Layout::nChw16c;
+  const bool was_padded = layout_ != Layout::plain;
   if (need > capacity_) {
     // Round the byte count up to the 64-byte alignment, as aligned_alloc requires.
     const size_t bytes = (static_cast<size_t>(need) * sizeof(float) + 63) / 64 * 64;
@@ -76,7 +81,7 @@ void Tensor::resize(const Shape& shape, Layout layout) {
     shape_ = shape;
     layout_ = layout;
     storage_size_ = need;
-    if (layout == Layout::nChw16c) zero();
+    if (layout != Layout::plain) zero();
     return;
   }
   const bool shape_changed = shape != shape_ || layout != layout_;
@@ -84,7 +89,8 @@ void Tensor::resize(const Shape& shape, Layout layout) {
   layout_ = layout;
   storage_size_ = need;
   // Padding channels must read as zero; clear when the geometry of a blocked tensor changed.
-  if (layout == Layout::nChw16c && (shape_changed || !was_padded) && shape[1] % 16 != 0) zero();
+  const int64_t blocked_dim = layout == Layout::nChw16c ? 1 : 0;
+  if (layout != Layout::plain && (shape_changed || !was_padded) && shape[blocked_dim] % 16 != 0) zero();
 }
 
 void Tensor::zero() {
@@ -107,6 +113,7 @@ int64_t Tensor::offset(int64_t n, int64_t c, int64_t h, int64_t w) const {
   if (rank() == 2) return n * shape_[1] + c;
   const int64_t C = shape_[1], H = shape_[2], W = shape_[3];
   if (layout_ == Layout::plain) return ((n * C + c) * H + h) * W + w;
+  if (layout_ == Layout::NCHW16n) return ((((n / 16) * C + c) * H + h) * W + w) * 16 + (n % 16);
   const int64_t CB = (C + 15) / 16;
   return (((n * CB + c / 16) * H + h) * W + w) * 16 + (c % 16);
 }

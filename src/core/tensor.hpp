@@ -16,7 +16,11 @@ using Shape = std::vector<int64_t>;
 //  - nChw16c: 4-D only; channels in blocks of 16 innermost: [N][ceil(C/16)][H][W][16]; the channels
 //             past C in the last block are padding and always hold zero. This is the layout oneDNN's
 //             AVX-512 convolutions read and write, so keeping it end to end avoids reorders.
-enum class Layout : uint8_t { plain = 0, nChw16c = 1 };
+//  - NCHW16n: 4-D only; images in blocks of 16 innermost: [ceil(N/16)][C][H][W][16]; the images past
+//             N in the last block are padding and hold zero. One 512-bit vector holds one (c, h, w)
+//             position of 16 images, so a sparse kernel applies one nonzero weight as one broadcast
+//             and a run of aligned FMAs, with no gathers (the sparse kernels' layout).
+enum class Layout : uint8_t { plain = 0, nChw16c = 1, NCHW16n = 2 };
 
 const char* layout_name(Layout l);
 std::string shape_str(const Shape& s);

@@ -35,3 +35,17 @@ TEST(Tensor, ShapeChecksFailLoudly) {
     EXPECT_NE(std::string(e.what()).find("logits"), std::string::npos);
   }
 }
+
+TEST(Tensor, ImageBlockedLayoutRoundTrips) {
+  Tensor t({19, 3, 2, 2});
+  for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = static_cast<float>(i + 1);
+  Tensor b = t.to_layout(Layout::NCHW16n);
+  EXPECT_EQ(b.storage_size(), 32 * 3 * 2 * 2);
+  EXPECT_EQ(b.data()[16 * ((1 * 2 + 1) * 2 + 0) + 5], t.at(5, 1, 1, 0));
+  EXPECT_EQ(b.at(18, 2, 1, 1), t.at(18, 2, 1, 1));
+  int64_t zeros = 0;
+  for (int64_t i = 0; i < b.storage_size(); ++i) zeros += b.data()[i] == 0.0f;
+  EXPECT_EQ(zeros, 13 * 3 * 2 * 2);  // images 19..31 of the second block are padding
+  Tensor back = b.to_layout(Layout::plain);
+  for (int64_t i = 0; i < t.numel(); ++i) ASSERT_EQ(back.data()[i], t.data()[i]);
+}
