@@ -15,8 +15,8 @@ constexpr int64_t kParallelThreshold = 1 << 15;
 
 // w, grad, buf: [n] (any shape, plain). One fused pass per parameter; the branches on the options are
 // outside the loop so that each variant vectorises.
-void sgd_update(float* w, const float* grad, float* buf, int64_t n, float lr, float m, float wd, bool nesterov,
-                bool first) {
+void sgd_update(float* w, const float* grad, float* buf, int64_t n, float lr, float m, float wd,
+                bool nesterov, bool first) {
   if (!buf) {
 #pragma omp parallel for simd schedule(static) if (n >= kParallelThreshold)
     for (int64_t i = 0; i < n; ++i) w[i] -= lr * (grad[i] + wd * w[i]);
@@ -64,10 +64,12 @@ void sgd_update(float* w, const float* grad, float* buf, int64_t n, float lr, fl
 }  // namespace
 
 Sgd::Sgd(std::vector<Param*> params, SgdOptions options) : params_(std::move(params)), options_(options) {
-  TRAINER_CHECK(options_.momentum >= 0.0f && options_.momentum < 1.0f, "sgd: momentum must be in [0, 1), got {}",
-                options_.momentum);
-  TRAINER_CHECK(options_.weight_decay >= 0.0f, "sgd: weight decay must be >= 0, got {}", options_.weight_decay);
-  TRAINER_CHECK(!options_.nesterov || options_.momentum > 0.0f, "sgd: Nesterov momentum needs a momentum > 0");
+  TRAINER_CHECK(options_.momentum >= 0.0f && options_.momentum < 1.0f,
+                "sgd: momentum must be in [0, 1), got {}", options_.momentum);
+  TRAINER_CHECK(options_.weight_decay >= 0.0f, "sgd: weight decay must be >= 0, got {}",
+                options_.weight_decay);
+  TRAINER_CHECK(!options_.nesterov || options_.momentum > 0.0f,
+                "sgd: Nesterov momentum needs a momentum > 0");
   for (const Param* p : params_) TRAINER_CHECK(p != nullptr, "sgd: null parameter");
   if (options_.momentum > 0.0f) {
     buffers_.reserve(params_.size());
@@ -86,8 +88,8 @@ void Sgd::step(float lr, OpStream* ops, float momentum) {
     TRAINER_CHECK(p.grad.shape() == p.value.shape() && p.value.layout() == Layout::plain &&
                       p.grad.layout() == Layout::plain,
                   "sgd: parameter '{}' has value {} ({}) but gradient {} ({}); both must be plain and equal",
-                  p.name, shape_str(p.value.shape()), layout_name(p.value.layout()), shape_str(p.grad.shape()),
-                  layout_name(p.grad.layout()));
+                  p.name, shape_str(p.value.shape()), layout_name(p.value.layout()),
+                  shape_str(p.grad.shape()), layout_name(p.grad.layout()));
     float* buf = buffers_.empty() ? nullptr : buffers_[i].data();
     sgd_update(p.value.data(), p.grad.data(), buf, n, lr, m, p.weight_decay ? options_.weight_decay : 0.0f,
                options_.nesterov, steps_ == 0);

@@ -1,0 +1,434 @@
+#include "train/config.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+
+#include "core/error.hpp"
+
+namespace trainer {
+
+namespace {
+
+[[noreturn]] void expected(const std::string& where, const std::string& what, const std::string& text) {
+  fail("{}: expected {}, got '{}'", where, what, text);
+}
+
+int64_t parse_int(const std::string& text, const std::string& where, const std::string& what, int64_t lo,
+                  int64_t hi) {
+  int64_t v = 0;
+  const char* end = text.data() + text.size();
+  auto [p, ec] = std::from_chars(text.data(), end, v);
+  if (ec != std::errc() || p != end || v < lo || v > hi) expected(where, what, text);
+  return v;
+}
+
+double parse_double(const std::string& text, const std::string& where, const std::string& what,
+                    const std::function<bool(double)>& ok) {
+  double v = 0.0;
+  const char* end = text.data() + text.size();
+  auto [p, ec] = std::from_chars(text.data(), end, v);
+  if (ec != std::errc() || p != end || !std::isfinite(v) || !ok(v)) expected(where, what, text);
+  return v;
+}
+
+bool parse_bool(const std::string& text, const std::string& where) {
+  std::string t = text;
+  std::transform(t.begin(), t.end(), t.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (t == "true" || t == "yes" || t == "on" || t == "1") return true;
+  if (t == "false" || t == "no" || t == "off" || t == "0") return false;
+  expected(where, "true or false", text);
+}
+
+std::string parse_choice(const std::string& text, const std::string& where,
+                         const std::vector<std::string>& choices) {
+  if (std::find(choices.begin(), choices.end(), text) != choices.end()) return text;
+  std::string list;
+  for (size_t i = 0; i < choices.size(); ++i)
+    list += (i ? (i + 1 == choices.size() ? " or " : ", ") : "") + choices[i];
+  expected(where, "one of " + list, text);
+}
+
+// "CxHxW" (or "C,H,W").
+Shape parse_image_shape(const std::string& text, const std::string& where) {
+  const std::string what = "an image shape CxHxW of positive sizes (e.g. 3x32x32)";
+  Shape out;
+  std::string part;
+  for (size_t i = 0; i <= text.size(); ++i) {
+    if (i == text.size() || text[i] == 'x' || text[i] == ',') {
+      int64_t v = 0;
+      auto [p, ec] = std::from_chars(part.data(), part.data() + part.size(), v);
+      if (part.empty() || ec != std::errc() || p != part.data() + part.size() || v <= 0 || v > 4096)
+        expected(where, what, text);
+      out.push_back(v);
+      part.clear();
+    } else {
+      part += text[i];
+    }
+  }
+  if (out.size() != 3) expected(where, what, text);
+  return out;
+}
+
+std::string fmt_double(double v) { return fmt::format("{}", v); }
+
+constexpr int64_t kMaxInt = int64_t{1} << 40;
+
+struct Entry {
+  ConfigKey info;
+  std::function<void(RunConfig&, const std::string&, const std::string&)> set;
+  std::function<std::string(const RunConfig&)> get;
+};
+
+const std::vector<Entry>& entries() {
+  using C = RunConfig;
+  using S = const std::string&;
+  auto pos_int = [](int64_t C::*field, int64_t lo, std::string what) {
+    return [field, lo, what](C& c, S t, S w) { c.*field = parse_int(t, w, what, lo, kMaxInt); };
+  };
+  auto get_int = [](int64_t C::*field) { return [field](const C& c) { return std::to_string(c.*field); }; };
+  auto get_double = [](double C::*field) { return [field](const C& c) { return fmt_double(c.*field); }; };
+  auto get_bool = [](bool C::*field) {
+    return [field](const C& c) { return std::string(c.*field ? "on" : "off"); };
+  };
+  auto set_bool = [](bool C::*field) { return [field](C& c, S t, S w) { c.*field = parse_bool(t, w); }; };
+  auto get_str = [](std::string C::*field) { return [field](const C& c) { return c.*field; }; };
+  auto set_path = [](std::string C::*field) {
+    return [field](C& c, S t, S w) {
+      if (t.empty()) expected(w, "a file name", t);
+      c.*field = t;
+    };
+  };
+
+  static const std::vector<Entry> table = {
+      {{"model", "model", "NAME", "model to train (see `trainer models`)"},
+       [](C& c, S t, S w) {
+         if (t.empty()) expected(w, "a model name", t);
+         c.model = t;
+       },
+       get_str(&C::model)},
+      {{"width", "width", "N", "channels of the first stage (ResNet, VGG); 0 = the model's usual width"},
+       pos_int(&C::width, 0, "an integer >= 0"),
+       get_int(&C::width)},
+      {{"data", "data", "NAME", "data set: fashion-mnist, cifar10 or synthetic"},
+       [](C& c, S t, S w) {
+         c.data = parse_choice(t, w, {"fashion-mnist", "cifar10", "synthetic"});
+       },
+       get_str(&C::data)},
+      {{"data_dir", "data-dir", "DIR",
+        "folder of the data set's files (IDX files for fashion-mnist, the binary batches for cifar10)"},
+       set_path(&C::data_dir),
+       get_str(&C::data_dir)},
+      {{"synthetic_size", "synthetic-size", "N",
+        "training images of the synthetic data set (its test set has a quarter as many)"},
+       pos_int(&C::synthetic_size, 1, "an integer >= 1"),
+       get_int(&C::synthetic_size)},
+      {{"synthetic_shape", "synthetic-shape", "CxHxW", "image shape of the synthetic data set"},
+       [](C& c, S t, S w) { c.synthetic_shape = parse_image_shape(t, w); },
+       [](const C& c) {
+         return fmt::format("{}x{}x{}", c.synthetic_shape.at(0), c.synthetic_shape.at(1),
+                            c.synthetic_shape.at(2));
+       }},
+      {{"epochs", "epochs", "N", "epochs to train (the schedule spans them all)"},
+       pos_int(&C::epochs, 1, "an integer >= 1"),
+       get_int(&C::epochs)},
+      {{"batch_size", "batch-size", "N", "images per training step"},
+       pos_int(&C::batch_size, 1, "an integer >= 1"),
+       get_int(&C::batch_size)},
+      {{"lr", "lr", "FLOAT", "learning rate (the peak for onecycle)"},
+       [](C& c, S t, S w) { c.lr = parse_double(t, w, "a positive number", [](double v) { return v > 0; }); },
+       get_double(&C::lr)},
+      {{"momentum", "momentum", "FLOAT", "SGD momentum, in [0, 1)"},
+       [](C& c, S t, S w) {
+         c.momentum = parse_double(t, w, "a number in [0, 1)", [](double v) { return v >= 0 && v < 1; });
+       },
+       get_double(&C::momentum)},
+      {{"nesterov", "nesterov", "", "use Nesterov momentum"}, set_bool(&C::nesterov), get_bool(&C::nesterov)},
+      {{"weight_decay", "weight-decay", "FLOAT",
+        "L2 weight decay (biases and batch-norm parameters are exempt)"},
+       [](C& c, S t, S w) {
+         c.weight_decay = parse_double(t, w, "a number >= 0", [](double v) { return v >= 0; });
+       },
+       get_double(&C::weight_decay)},
+      {{"schedule", "schedule", "NAME", "learning-rate schedule: constant, step, cosine or onecycle"},
+       [](C& c, S t, S w) {
+         c.schedule = parse_choice(t, w, {"constant", "step", "cosine", "onecycle"});
+       },
+       get_str(&C::schedule)},
+      {{"warmup_epochs", "warmup-epochs", "FLOAT",
+        "linear learning-rate warm-up, in epochs (may be fractional; not with onecycle)"},
+       [](C& c, S t, S w) {
+         c.warmup_epochs = parse_double(t, w, "a number >= 0", [](double v) { return v >= 0; });
+       },
+       get_double(&C::warmup_epochs)},
+      {{"warmup_steps", "warmup-steps", "N",
+        "linear learning-rate warm-up, in steps (instead of --warmup-epochs)"},
+       pos_int(&C::warmup_steps, 0, "an integer >= 0"),
+       get_int(&C::warmup_steps)},
+      {{"lr_step_epochs", "lr-step-epochs", "N",
+        "step schedule: multiply the learning rate by --lr-gamma every N epochs; 0 = every third of the run"},
+       pos_int(&C::lr_step_epochs, 0, "an integer >= 0"),
+       get_int(&C::lr_step_epochs)},
+      {{"lr_gamma", "lr-gamma", "FLOAT", "step schedule: decay factor"},
+       [](C& c, S t, S w) {
+         c.lr_gamma = parse_double(t, w, "a number in (0, 1]", [](double v) { return v > 0 && v <= 1; });
+       },
+       get_double(&C::lr_gamma)},
+      {{"cycle_momentum", "cycle-momentum", "",
+        "onecycle: cycle momentum 0.95 -> 0.85 -> 0.95 against the learning rate, as PyTorch's default does"},
+       set_bool(&C::cycle_momentum),
+       get_bool(&C::cycle_momentum)},
+      {{"seed", "seed", "N", "seed of weight initialisation, data order and augmentation"},
+       [](C& c, S t, S w) {
+         uint64_t v = 0;
+         const char* end = t.data() + t.size();
+         auto [p, ec] = std::from_chars(t.data(), end, v);
+         if (ec != std::errc() || p != end) expected(w, "an integer >= 0", t);
+         c.seed = v;
+       },
+       [](const C& c) { return std::to_string(c.seed); }},
+      {{"threads", "threads", "N", "OpenMP threads (results are reproducible for a given thread count)"},
+       [](C& c, S t, S w) { c.threads = parse_int(t, w, "an integer in [1, 1024]", 1, 1024); },
+       get_int(&C::threads)},
+      {{"subset", "subset", "N", "train on the first N training images only; 0 = all"},
+       pos_int(&C::subset, 0, "an integer >= 0"),
+       get_int(&C::subset)},
+      {{"augment_crop", "augment-crop", "N",
+        "augmentation: random crop after zero-padding N pixels per side"},
+       [](C& c, S t, S w) { c.augment_crop = parse_int(t, w, "an integer in [0, 64]", 0, 64); },
+       get_int(&C::augment_crop)},
+      {{"augment_flip", "augment-flip", "", "augmentation: random horizontal flip"},
+       set_bool(&C::augment_flip),
+       get_bool(&C::augment_flip)},
+      {{"metrics", "metrics", "FILE", "write one JSON line per epoch to FILE (appended to when resuming)"},
+       set_path(&C::metrics),
+       get_str(&C::metrics)},
+      {{"checkpoint", "checkpoint", "FILE", "save a checkpoint to FILE at the end of every epoch"},
+       set_path(&C::checkpoint),
+       get_str(&C::checkpoint)},
+      {{"resume", "resume", "FILE", "continue the run saved in checkpoint FILE, from its next epoch"},
+       set_path(&C::resume),
+       get_str(&C::resume)},
+      {{"eval_every", "eval-every", "N", "evaluate on the test set every N epochs (and after the last)"},
+       pos_int(&C::eval_every, 1, "an integer >= 1"),
+       get_int(&C::eval_every)},
+      {{"stop_after", "stop-after", "N",
+        "stop after epoch N although the schedule spans --epochs (to split a run; resume it later); 0 = no"},
+       pos_int(&C::stop_after, 0, "an integer >= 0"),
+       get_int(&C::stop_after)},
+      {{"max_steps", "max-steps", "N",
+        "stop each epoch after N steps, for throughput measurements (the schedule still spans full epochs); "
+        "0 = all"},
+       pos_int(&C::max_steps, 0, "an integer >= 0"),
+       get_int(&C::max_steps)},
+      {{"progress", "progress", "auto|on|off",
+        "progress bar: auto = on a terminal, periodic lines otherwise; on; off (epoch lines only)"},
+       [](C& c, S t, S w) {
+         c.progress = parse_choice(t, w, {"auto", "on", "off"});
+       },
+       get_str(&C::progress)},
+      {{"ops_summary", "no-ops-summary", "", "do not print the per-layer table of MACs and times at the end",
+        /*negated=*/true},
+       set_bool(&C::ops_summary),
+       get_bool(&C::ops_summary)},
+  };
+  return table;
+}
+
+const Entry* find_entry(const std::string& key) {
+  for (const Entry& e : entries())
+    if (e.info.key == key) return &e;
+  return nullptr;
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+std::string unknown_key_hint(const std::string& key) {
+  std::string snake = key;
+  std::replace(snake.begin(), snake.end(), '-', '_');
+  if (snake != key && find_entry(snake))
+    return fmt::format(" (recipe keys are snake_case: did you mean '{}'?)", snake);
+  if (snake.rfind("no_", 0) == 0 && find_entry(snake.substr(3)))
+    return fmt::format(" (did you mean '{}: false'?)", snake.substr(3));
+  const Entry* best = nullptr;
+  size_t best_d = 4;
+  for (const Entry& e : entries()) {
+    const size_t d = edit_distance(snake, e.info.key);
+    if (d < best_d) best_d = d, best = &e;
+  }
+  if (best) return fmt::format(" (did you mean '{}'?)", best->info.key);
+  return " (see `trainer train --help` for the keys)";
+}
+
+const char* node_kind(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Null:
+      return "nothing";
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Map:
+      return "a map";
+    default:
+      return "a value";
+  }
+}
+
+}  // namespace
+
+const std::vector<ConfigKey>& config_keys() {
+  static const std::vector<ConfigKey> keys = [] {
+    std::vector<ConfigKey> out;
+    for (const Entry& e : entries()) out.push_back(e.info);
+    return out;
+  }();
+  return keys;
+}
+
+void set_config_value(RunConfig& cfg, const std::string& key, const std::string& text,
+                      const std::string& where) {
+  const Entry* e = find_entry(key);
+  TRAINER_CHECK(e != nullptr, "{}: unknown key '{}'{}", where, key, unknown_key_hint(key));
+  e->set(cfg, text, where);
+}
+
+std::string config_value(const RunConfig& cfg, const std::string& key) {
+  const Entry* e = find_entry(key);
+  TRAINER_CHECK(e != nullptr, "unknown configuration key '{}'", key);
+  return e->get(cfg);
+}
+
+void load_config_file(const std::string& path, RunConfig& cfg) {
+  std::ifstream in(path, std::ios::binary);
+  TRAINER_CHECK(in.good(), "config file '{}': cannot open it ({})", path, std::strerror(errno));
+  std::stringstream content;
+  content << in.rdbuf();
+  YAML::Node root;
+  try {
+    root = YAML::Load(content.str());
+  } catch (const YAML::Exception& e) {
+    fail("config file '{}': line {}, column {}: not valid YAML: {}", path, e.mark.line + 1, e.mark.column + 1,
+         e.msg);
+  }
+  if (root.IsNull()) return;  // an empty recipe changes nothing
+  TRAINER_CHECK(root.IsMap(), "config file '{}': expected a map of `key: value` lines, got {}", path,
+                node_kind(root));
+  std::map<std::string, int> seen;  // key -> line
+  for (const auto& kv : root) {
+    const int line = kv.first.Mark().line + 1;
+    TRAINER_CHECK(kv.first.IsScalar(), "{}:{}: expected a key name, got {}", path, line, node_kind(kv.first));
+    const std::string key = kv.first.Scalar();
+    const std::string where = fmt::format("{}:{}: key '{}'", path, line, key);
+    TRAINER_CHECK(find_entry(key) != nullptr, "{}:{}: unknown key '{}'{}", path, line, key,
+                  unknown_key_hint(key));
+    auto [it, fresh] = seen.emplace(key, line);
+    TRAINER_CHECK(fresh, "{}: given twice (lines {} and {})", where, it->second, line);
+    const YAML::Node& v = kv.second;
+    std::string text;
+    if (v.IsNull()) {
+      text.clear();  // `key:` with no value; the key's parser says what it expected
+    } else if (v.IsScalar()) {
+      text = v.Scalar();
+    } else if (v.IsSequence() && key == "synthetic_shape") {
+      for (const auto& d : v) {
+        TRAINER_CHECK(d.IsScalar(), "{}: expected a list of three sizes, got a nested {}", where,
+                      node_kind(d));
+        text += (text.empty() ? "" : "x") + d.Scalar();
+      }
+    } else {
+      fail("{}: expected a single value, got {}", where, node_kind(v));
+    }
+    set_config_value(cfg, key, text, where);
+  }
+}
+
+void validate(const RunConfig& c) {
+  TRAINER_CHECK(!c.nesterov || c.momentum > 0.0, "config: 'nesterov' needs 'momentum' > 0 (it is {})",
+                c.momentum);
+  TRAINER_CHECK(c.warmup_epochs == 0.0 || c.warmup_steps == 0,
+                "config: give the warm-up as 'warmup_epochs' or as 'warmup_steps', not both");
+  TRAINER_CHECK(
+      c.schedule != "onecycle" || (c.warmup_epochs == 0.0 && c.warmup_steps == 0),
+      "config: schedule 'onecycle' has its own warm-up; set 'warmup_epochs'/'warmup_steps' to 0 or choose "
+      "another schedule");
+  TRAINER_CHECK(c.warmup_epochs < static_cast<double>(c.epochs),
+                "config: 'warmup_epochs' ({}) must be shorter than the run ('epochs' = {})", c.warmup_epochs,
+                c.epochs);
+  TRAINER_CHECK(c.stop_after <= c.epochs, "config: 'stop_after' ({}) is past the last epoch ('epochs' = {})",
+                c.stop_after, c.epochs);
+  TRAINER_CHECK(!c.cycle_momentum || c.schedule == "onecycle",
+                "config: 'cycle_momentum' applies to schedule 'onecycle' only (schedule is '{}')",
+                c.schedule);
+  TRAINER_CHECK(!c.cycle_momentum || c.momentum > 0.0, "config: 'cycle_momentum' needs 'momentum' > 0");
+  TRAINER_CHECK(
+      c.data != "cifar10" || c.data_dir != RunConfig{}.data_dir,
+      "config: data 'cifar10' needs 'data_dir', the folder of data_batch_1.bin .. test_batch.bin (the "
+      "default is Fashion-MNIST's folder)");
+  TRAINER_CHECK(c.synthetic_shape.size() == 3, "config: 'synthetic_shape' must be CxHxW");
+}
+
+int64_t warmup_steps_for(const RunConfig& cfg, int64_t steps_per_epoch) {
+  if (cfg.warmup_steps > 0) return cfg.warmup_steps;
+  return static_cast<int64_t>(std::llround(cfg.warmup_epochs * static_cast<double>(steps_per_epoch)));
+}
+
+nlohmann::json to_json(const RunConfig& c) {
+  nlohmann::json j = recipe_json(c);
+  j["data_dir"] = c.data_dir;
+  j["metrics"] = c.metrics;
+  j["checkpoint"] = c.checkpoint;
+  j["resume"] = c.resume;
+  j["eval_every"] = c.eval_every;
+  j["stop_after"] = c.stop_after;
+  j["progress"] = c.progress;
+  j["ops_summary"] = c.ops_summary;
+  return j;
+}
+
+nlohmann::json recipe_json(const RunConfig& c) {
+  nlohmann::json j;
+  j["model"] = c.model;
+  j["width"] = c.width;
+  j["data"] = c.data;
+  if (c.data == "synthetic") {
+    j["synthetic_size"] = c.synthetic_size;
+    j["synthetic_shape"] = c.synthetic_shape;
+  }
+  j["epochs"] = c.epochs;
+  j["batch_size"] = c.batch_size;
+  j["lr"] = c.lr;
+  j["momentum"] = c.momentum;
+  j["nesterov"] = c.nesterov;
+  j["weight_decay"] = c.weight_decay;
+  j["schedule"] = c.schedule;
+  j["warmup_epochs"] = c.warmup_epochs;
+  j["warmup_steps"] = c.warmup_steps;
+  j["lr_step_epochs"] = c.lr_step_epochs;
+  j["lr_gamma"] = c.lr_gamma;
+  j["cycle_momentum"] = c.cycle_momentum;
+  j["seed"] = c.seed;
+  j["threads"] = c.threads;
+  j["subset"] = c.subset;
+  j["augment_crop"] = c.augment_crop;
+  j["augment_flip"] = c.augment_flip;
+  j["max_steps"] = c.max_steps;
+  return j;
+}
+
+}  // namespace trainer

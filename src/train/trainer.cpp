@@ -1,0 +1,328 @@
+#include "train/trainer.hpp"
+
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <cmath>
+#include <optional>
+
+#include "core/error.hpp"
+#include "core/rng.hpp"
+#include "core/timer.hpp"
+#include "data/dataset.hpp"
+#include "nn/loss.hpp"
+#include "nn/models.hpp"
+#include "ops/op_stream.hpp"
+#include "train/checkpoint.hpp"
+#include "train/metrics.hpp"
+#include "train/optimizer.hpp"
+#include "train/schedule.hpp"
+
+namespace trainer {
+
+namespace {
+
+// The synthetic set does not change with --seed, so that runs with different seeds see the same data.
+constexpr uint64_t kSyntheticDataSeed = 0;
+constexpr int64_t kSyntheticClasses = 10;
+
+struct Data {
+  Dataset train, test;
+};
+
+Data load_data(const RunConfig& cfg) {
+  Data d;
+  if (cfg.data == "fashion-mnist") {
+    d.train = load_fashion_mnist(cfg.data_dir, true);
+    d.test = load_fashion_mnist(cfg.data_dir, false);
+  } else if (cfg.data == "cifar10") {
+    d.train = load_cifar10(cfg.data_dir, true);
+    d.test = load_cifar10(cfg.data_dir, false);
+  } else if (cfg.data == "synthetic") {
+    // One draw split in two, so that both halves share the class templates.
+    const int64_t n_train = cfg.synthetic_size, n_test = std::max<int64_t>(1, cfg.synthetic_size / 4);
+    const Shape& s = cfg.synthetic_shape;
+    Dataset all =
+        make_synthetic(n_train + n_test, s.at(0), s.at(1), s.at(2), kSyntheticClasses, kSyntheticDataSeed);
+    d.train = take_first(all, n_train);
+    d.train.name = "synthetic/train";
+    d.test = d.train;
+    const int64_t image = all.channels * all.height * all.width;
+    d.test.name = "synthetic/test";
+    d.test.images.assign(all.images.begin() + n_train * image, all.images.end());
+    d.test.labels.assign(all.labels.begin() + n_train, all.labels.end());
+  } else {
+    fail("config: unknown data set '{}'; expected fashion-mnist, cifar10 or synthetic", cfg.data);
+  }
+  if (cfg.subset > 0) d.train = take_first(d.train, cfg.subset);
+  TRAINER_CHECK(d.train.size() > 0, "data set '{}' has no training images", d.train.name);
+  TRAINER_CHECK(d.test.size() > 0, "data set '{}' has no test images", d.test.name);
+  TRAINER_CHECK(d.train.image_shape() == d.test.image_shape() && d.train.num_classes == d.test.num_classes,
+                "data: the training images {} and test images {} differ in shape or classes",
+                shape_str(d.train.image_shape()), shape_str(d.test.image_shape()));
+  return d;
+}
+
+bool all_finite(const std::vector<Param*>& params) {
+  for (const Param* p : params) {
+    const float* v = p->value.data();
+    const int64_t n = p->value.numel();
+    bool ok = true;
+#pragma omp parallel for simd schedule(static) reduction(&& : ok)
+    for (int64_t i = 0; i < n; ++i) ok = ok && std::isfinite(v[i]);
+    if (!ok) return false;
+  }
+  return true;
+}
+
+struct Eval {
+  double loss = 0.0, acc = 0.0;
+};
+
+// Test set in order, no augmentation, batch-norm running statistics (training = false).
+Eval evaluate(Graph& graph, Loader& loader, SoftmaxCrossEntropy& ce, Tensor& x,
+              std::vector<int32_t>& labels) {
+  loader.start_epoch(0);
+  double loss_sum = 0.0;
+  int64_t correct = 0, seen = 0;
+  for (int64_t b = 0; b < loader.num_batches(); ++b) {
+    loader.batch(b, x, labels);
+    const Tensor& logits = graph.forward(x, /*training=*/false);
+    const float loss = ce.ff(logits, labels);
+    const int64_t n = static_cast<int64_t>(labels.size());
+    loss_sum += static_cast<double>(loss) * static_cast<double>(n);
+    correct += ce.correct();
+    seen += n;
+  }
+  return {loss_sum / static_cast<double>(seen), static_cast<double>(correct) / static_cast<double>(seen)};
+}
+
+std::string divergence_message(const char* what, double value, int64_t step, int64_t epoch, int64_t epochs,
+                               int64_t batch, int64_t batches, double lr, const RunConfig& cfg,
+                               int64_t saved_epoch) {
+  std::string saved;
+  if (cfg.checkpoint.empty())
+    saved = "No checkpoint was being written (--checkpoint FILE keeps one per epoch).";
+  else if (saved_epoch > 0)
+    saved = fmt::format("The checkpoint '{}' of epoch {} is intact (continue with --resume {}).",
+                        cfg.checkpoint, saved_epoch, cfg.checkpoint);
+  else
+    saved = fmt::format("No epoch had finished, so '{}' holds no checkpoint of this run.", cfg.checkpoint);
+  const char* shown = std::isnan(value) ? "NaN" : (value > 0 ? "+Inf" : "-Inf");
+  return fmt::format(
+      "training diverged: {} is {} at step {} (epoch {}/{}, batch {}/{}) with learning rate {:.6g}. {} Try a "
+      "lower "
+      "--lr (e.g. {:.3g}), a warm-up (--warmup-epochs 1, or --schedule onecycle), or a larger --batch-size.",
+      what, shown, step, epoch, epochs, batch, batches, lr, saved, cfg.lr / 10.0);
+}
+
+}  // namespace
+
+RunResult train(const RunConfig& cfg, std::FILE* out) {
+  validate(cfg);
+  omp_set_num_threads(static_cast<int>(cfg.threads));
+
+  const Data data = load_data(cfg);
+  const Shape image = data.train.image_shape();
+  const int64_t classes = data.train.num_classes;
+  const Normalization norm = channel_stats(data.train);
+  Loader train_loader(data.train, cfg.batch_size, norm, /*shuffle=*/true,
+                      Augmentation{cfg.augment_crop, cfg.augment_flip}, cfg.seed);
+  Loader test_loader(data.test, cfg.batch_size, norm, /*shuffle=*/false, Augmentation{}, cfg.seed);
+  const int64_t steps_per_epoch = train_loader.num_batches();
+  // Steps actually taken per epoch (--max-steps cuts epochs short for throughput runs; the schedule still
+  // spans full epochs, as bench/pytorch_train.py's does).
+  const int64_t steps_taken = cfg.max_steps > 0 ? std::min(cfg.max_steps, steps_per_epoch) : steps_per_epoch;
+
+  std::unique_ptr<Graph> graph = build_model(cfg.model, image, classes, ModelOptions{cfg.width});
+  const Shape out_shape = graph->check({cfg.batch_size, image[0], image[1], image[2]});
+  TRAINER_CHECK(out_shape == Shape({cfg.batch_size, classes}),
+                "model '{}' produces {} for a batch of {}, expected logits [{}, {}]", cfg.model,
+                shape_str(out_shape), cfg.batch_size, cfg.batch_size, classes);
+  Rng init_rng(cfg.seed);
+  graph->init(init_rng);
+  const std::vector<Param*> params = graph->params();
+  Sgd sgd(params,
+          SgdOptions{static_cast<float>(cfg.momentum), cfg.nesterov, static_cast<float>(cfg.weight_decay)});
+
+  ScheduleOptions so;
+  so.kind = parse_schedule(cfg.schedule);
+  so.lr = cfg.lr;
+  so.steps_per_epoch = steps_per_epoch;
+  so.epochs = cfg.epochs;
+  so.warmup_steps = warmup_steps_for(cfg, steps_per_epoch);
+  so.step_epochs = cfg.lr_step_epochs > 0 ? cfg.lr_step_epochs : std::max<int64_t>(1, (cfg.epochs + 2) / 3);
+  so.gamma = cfg.lr_gamma;
+  so.cycle_momentum = cfg.cycle_momentum;
+  const LrSchedule schedule(so);
+
+  CheckpointInfo info;
+  info.model = cfg.model;
+  info.width = cfg.width;
+  info.input = image;
+  info.classes = classes;
+  info.recipe = recipe_json(cfg);
+
+  int64_t start_epoch = 0, global_step = 0;
+  if (!cfg.resume.empty()) {
+    const Checkpoint ck = read_checkpoint(cfg.resume);
+    restore_checkpoint(ck, cfg.resume, *graph, &sgd);
+    TRAINER_CHECK(ck.info.global_step == ck.info.epoch * steps_taken,
+                  "checkpoint '{}' is at step {} after {} epochs, but this run takes {} steps per epoch (did "
+                  "--batch-size, --subset, --max-steps or the data change?)",
+                  cfg.resume, ck.info.global_step, ck.info.epoch, steps_taken);
+    for (const auto& [key, value] : ck.info.recipe.items()) {
+      const auto now = info.recipe.find(key);
+      if (now == info.recipe.end() || *now != value)
+        fmt::print(stderr,
+                   "warning: resuming with {} = {} (the checkpoint has {}); the run will not match an "
+                   "uninterrupted one\n",
+                   key, now == info.recipe.end() ? "nothing" : now->dump(), value.dump());
+    }
+    start_epoch = ck.info.epoch;
+    global_step = ck.info.global_step;
+  }
+  const int64_t last_epoch = cfg.stop_after > 0 ? cfg.stop_after : cfg.epochs;
+
+  fmt::print(out, "model {} ({} parameters) on {}: {} training / {} test images {}, {} classes\n", cfg.model,
+             graph->num_parameters(), cfg.data, data.train.size(), data.test.size(), shape_str(image),
+             classes);
+  fmt::print(out,
+             "{} epochs x {} steps of {} images; sgd lr {} momentum {}{} weight decay {}; schedule {}; "
+             "threads {}; seed {}\n",
+             cfg.epochs, steps_per_epoch, cfg.batch_size, cfg.lr, cfg.momentum,
+             cfg.nesterov ? " (nesterov)" : "", cfg.weight_decay, cfg.schedule, cfg.threads, cfg.seed);
+  if (start_epoch > 0) fmt::print(out, "resumed from '{}' after epoch {}\n", cfg.resume, start_epoch);
+  std::fflush(out);
+
+  MetricsWriter metrics(cfg.metrics, /*append=*/!cfg.resume.empty());
+  Progress progress(progress_style(cfg.progress));
+  SoftmaxCrossEntropy ce;
+  OpStream ops;
+  Tensor x, dlogits;
+  std::vector<int32_t> labels;
+  const int32_t loss_layer =
+      static_cast<int32_t>(graph->size());  // the loss as a pseudo-layer after the last
+
+  RunResult result;
+  result.epochs_completed = start_epoch;
+  result.steps = global_step;
+  int64_t saved_epoch = start_epoch;
+  double lr = schedule.lr(global_step);
+  std::optional<Eval> last_eval;
+
+  for (int64_t epoch = start_epoch; epoch < last_epoch; ++epoch) {
+    const uint64_t epoch_t0 = now_ns();
+    train_loader.start_epoch(epoch);
+    progress.start_epoch(epoch + 1, cfg.epochs, steps_taken);
+    double loss_sum = 0.0;
+    int64_t correct = 0, seen = 0;
+    for (int64_t b = 0; b < steps_taken; ++b) {
+      ops.begin_step();
+      train_loader.batch(b, x, labels);
+      const Tensor& logits = graph->forward(x, /*training=*/true, &ops);
+
+      const uint64_t loss_t0 = now_ns();
+      const float loss = ce.ff(logits, labels);
+      lr = schedule.lr(global_step);
+      if (!std::isfinite(loss))
+        throw Error(divergence_message("the training loss", loss, global_step + 1, epoch + 1, cfg.epochs,
+                                       b + 1, steps_taken, lr, cfg, saved_epoch));
+      ce.bp(dlogits);
+      Op loss_op;
+      loss_op.layer = loss_layer;
+      loss_op.layer_name = "loss";
+      loss_op.kind = "softmax_ce";
+      loss_op.phase = Phase::loss;
+      loss_op.x_shape = {logits.dim(0), logits.dim(1), 1, 1};
+      loss_op.y_shape = {1, 1, 1, 1};
+      loss_op.time_ns = now_ns() - loss_t0;
+      ops.record(std::move(loss_op));
+
+      graph->backward(dlogits, &ops);
+      sgd.step(static_cast<float>(lr), &ops, static_cast<float>(schedule.momentum(global_step)));
+      ++global_step;
+
+      const int64_t n = static_cast<int64_t>(labels.size());
+      loss_sum += static_cast<double>(loss) * static_cast<double>(n);
+      correct += ce.correct();
+      seen += n;
+      const double elapsed = static_cast<double>(now_ns() - epoch_t0) * 1e-9;
+      progress.update(b + 1, loss_sum / static_cast<double>(seen), static_cast<double>(correct) / seen,
+                      static_cast<double>(seen) / std::max(elapsed, 1e-9));
+    }
+    const double train_s = static_cast<double>(now_ns() - epoch_t0) * 1e-9;
+    progress.finish_epoch();
+    // Weights that went non-finite in the last update must not reach the checkpoint.
+    if (!all_finite(params))
+      throw Error(divergence_message("a weight", NAN, global_step, epoch + 1, cfg.epochs, steps_taken,
+                                     steps_taken, lr, cfg, saved_epoch));
+
+    result.train_loss = loss_sum / static_cast<double>(seen);
+    result.train_acc = static_cast<double>(correct) / static_cast<double>(seen);
+    result.images += seen;
+    result.train_seconds += train_s;
+
+    const bool eval_now = (epoch + 1) % cfg.eval_every == 0 || epoch + 1 == last_epoch;
+    nlohmann::json line;
+    line["epoch"] = epoch + 1;
+    line["step"] = global_step;
+    line["train_loss"] = result.train_loss;
+    line["train_acc"] = result.train_acc;
+    if (eval_now) {
+      last_eval = evaluate(*graph, test_loader, ce, x, labels);
+      TRAINER_CHECK(std::isfinite(last_eval->loss), "{}",
+                    divergence_message("the test loss", last_eval->loss, global_step, epoch + 1, cfg.epochs,
+                                       steps_taken, steps_taken, lr, cfg, saved_epoch));
+      line["test_loss"] = last_eval->loss;
+      line["test_acc"] = last_eval->acc;
+    } else {
+      line["test_loss"] = nullptr;
+      line["test_acc"] = nullptr;
+    }
+    const double seconds = static_cast<double>(now_ns() - epoch_t0) * 1e-9;
+    line["lr"] = lr;
+    line["images_per_s"] = static_cast<double>(seen) / train_s;
+    line["seconds"] = seconds;
+    metrics.write(line);
+
+    std::string test_part =
+        eval_now ? fmt::format("test loss {:.4f} acc {:6.2f}%", last_eval->loss, 100.0 * last_eval->acc)
+                 : std::string("test -");
+    fmt::print(out, "epoch {:>3}/{}  train loss {:.4f} acc {:6.2f}%  {}  lr {:.4g}  {:.0f} img/s  {:.1f} s\n",
+               epoch + 1, cfg.epochs, result.train_loss, 100.0 * result.train_acc, test_part, lr,
+               static_cast<double>(seen) / train_s, seconds);
+    std::fflush(out);
+
+    if (!cfg.checkpoint.empty()) {
+      info.epoch = epoch + 1;
+      info.global_step = global_step;
+      write_checkpoint(cfg.checkpoint, capture_checkpoint(*graph, &sgd, info));
+      saved_epoch = epoch + 1;
+    }
+    result.epochs_completed = epoch + 1;
+    result.steps = global_step;
+  }
+
+  if (!last_eval) {
+    // Nothing trained (a checkpoint already at the end): still report where the model stands.
+    fmt::print(out, "the checkpoint is at epoch {}; nothing left to train\n", start_epoch);
+    last_eval = evaluate(*graph, test_loader, ce, x, labels);
+  }
+  result.test_loss = last_eval->loss;
+  result.test_acc = last_eval->acc;
+  result.images_per_s =
+      result.train_seconds > 0 ? static_cast<double>(result.images) / result.train_seconds : 0.0;
+  fmt::print(out,
+             "test accuracy {:.2f}% (loss {:.4f}) after {} of {} epochs; training throughput {:.0f} images/s "
+             "({} images in {:.1f} s)\n",
+             100.0 * result.test_acc, result.test_loss, result.epochs_completed, cfg.epochs,
+             result.images_per_s, result.images, result.train_seconds);
+  if (cfg.ops_summary && result.images > 0)
+    fmt::print(out, "\nper-layer work and time over the run's training steps:\n{}",
+               format_op_summary(ops, static_cast<uint64_t>(result.images)));
+  std::fflush(out);
+  return result;
+}
+
+}  // namespace trainer
