@@ -1,4 +1,4 @@
-// Fast batch-norm kernels over plain NCHW or nChw16c activations. A training step costs four passes
+// Fast batch-norm kernels over plain NCHW, nChw16c or NCHW16n activations. A training step costs four passes
 // over memory: statistics (read x), apply (read x, write y), gradient sums (read x, dy) and the input
 // gradient (read x, dy, write dx). Reference: kernels/norm_pool_ref.hpp.
 //
@@ -12,7 +12,7 @@
 
 namespace trainer {
 
-// x: [N, C, H, W] (plain or nChw16c); mean, var: [C]. Batch mean and biased variance, accumulated
+// x: [N, C, H, W] (any layout); mean, var: [C]. Batch mean and biased variance, accumulated
 // about a per-channel shift (the channel's first value) so that a large mean does not swamp the variance.
 // partial: scratch, resized as needed (it only grows).
 void batchnorm_stats(const Tensor& x, double* mean, double* var, std::vector<double>& partial);
@@ -22,8 +22,8 @@ void batchnorm_apply(const Tensor& x, const float* scale, const float* shift, Te
 
 // x, dy: [N, C, H, W], same layout; mean: [C]. Writes sum_dy[c] = sum(dy) and
 // sum_dy_xc[c] = sum(dy * (x - mean[c])) over each channel: [C] each.
-void batchnorm_grad_sums(const Tensor& x, const Tensor& dy, const float* mean, double* sum_dy, double* sum_dy_xc,
-                         std::vector<double>& partial);
+void batchnorm_grad_sums(const Tensor& x, const Tensor& dy, const float* mean, double* sum_dy,
+                         double* sum_dy_xc, std::vector<double>& partial);
 
 // x, dy, dx: [N, C, H, W] (dx takes x's layout); a, b, d: [C].  dx = a[c]*dy + b[c]*x + d[c], the form
 // the batch-norm input gradient takes once its per-channel sums are known.

@@ -121,8 +121,8 @@ void relu_bp(const T* y, const T* dy, T* dx, int64_t n) {
 // x: [N, C, H, W]; y, argmax: [N, C, P, Q]. argmax holds h*W+w of the chosen input within its plane;
 // padding never wins (it acts as -inf) and ties go to the first maximum in row-major order.
 template <typename T>
-void maxpool_ff(const T* x, T* y, int32_t* argmax, int64_t N, int64_t C, int64_t H, int64_t W,
-                int64_t kernel, int64_t stride, int64_t pad) {
+void maxpool_ff(const T* x, T* y, int32_t* argmax, int64_t N, int64_t C, int64_t H, int64_t W, int64_t kernel,
+                int64_t stride, int64_t pad) {
   const int64_t P = pool_out_size(H, kernel, stride, pad), Q = pool_out_size(W, kernel, stride, pad);
   for (int64_t nc = 0; nc < N * C; ++nc)
     for (int64_t p = 0; p < P; ++p)

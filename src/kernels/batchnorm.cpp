@@ -1,0 +1,336 @@
+#include "kernels/batchnorm.hpp"
+
+#include <algorithm>
+
+#include "core/error.hpp"
+
+namespace trainer {
+
+namespace {
+
+constexpr int64_t kLanes = 16;
+// Values summed in float before the running total moves to double: short enough that float rounding
+// stays near 1e-7 relative, long enough for the vector loop to run at full speed.
+constexpr int64_t kChunk = 1024;
+
+// A 4-D activation as `groups` contiguous runs of `run` floats.
+//  - plain:   a run is one (image, channel) plane of HW values.
+//  - NCHW16n: a run is one (image block, channel) plane of HW positions x 16 images. One channel per
+//             run as in plain; only the last block may hold padding images (zero), which the
+//             statistics must skip and the outputs must keep zero.
+//  - nChw16c: a run is one (image, channel block) plane of HW positions x 16 channels: the channel
+//             changes with the lane, so per-channel values are loaded as 16-lane vectors.
+struct Geometry {
+  int64_t N, C, HW;
+  Layout layout;
+  int64_t groups, run;
+  int64_t CB;  // nChw16c: channel blocks
+
+  bool lane_channels() const { return layout == Layout::nChw16c; }
+  int64_t channel(int64_t grp) const { return grp % C; }  // plain and NCHW16n
+  // NCHW16n: real images in the group's block (16 except perhaps in the last block); else 0.
+  int64_t real_images(int64_t grp) const {
+    return layout == Layout::NCHW16n ? std::min<int64_t>(kLanes, N - (grp / C) * kLanes) : 0;
+  }
+};
+
+Geometry geometry(const Tensor& x, const char* what) {
+  TRAINER_CHECK(x.rank() == 4, "{}: expected a 4-D activation [N, C, H, W], got {}", what,
+                shape_str(x.shape()));
+  Geometry g;
+  g.N = x.dim(0);
+  g.C = x.dim(1);
+  g.HW = x.dim(2) * x.dim(3);
+  g.layout = x.layout();
+  g.CB = (g.C + kLanes - 1) / kLanes;
+  switch (g.layout) {
+    case Layout::plain:
+      g.groups = g.N * g.C;
+      g.run = g.HW;
+      break;
+    case Layout::nChw16c:
+      g.groups = g.N * g.CB;
+      g.run = g.HW * kLanes;
+      break;
+    case Layout::NCHW16n:
+      g.groups = (g.N + kLanes - 1) / kLanes * g.C;
+      g.run = g.HW * kLanes;
+      break;
+  }
+  return g;
+}
+
+void check_same(const Tensor& a, const Tensor& b, const char* what) {
+  TRAINER_CHECK(a.shape() == b.shape() && a.layout() == b.layout(), "{}: x is {} ({}) but dy is {} ({})",
+                what, shape_str(a.shape()), layout_name(a.layout()), shape_str(b.shape()),
+                layout_name(b.layout()));
+}
+
+// The 16 per-lane values of channel block cb, zero past C so that padding lanes stay zero.
+inline void load_lanes(const float* per_channel, int64_t C, int64_t cb, float* lanes) {
+  for (int64_t l = 0; l < kLanes; ++l) {
+    const int64_t c = cb * kLanes + l;
+    lanes[l] = c < C ? per_channel[c] : 0.0f;
+  }
+}
+
+// NCHW16n: zero the padding images of a group of the last block after a vector loop wrote them.
+inline void zero_padding_images(const Geometry& g, int64_t grp, float* q) {
+  const int64_t real = g.real_images(grp);
+  if (real == 0 || real == kLanes) return;
+  for (int64_t i = 0; i < g.HW; ++i)
+    for (int64_t l = real; l < kLanes; ++l) q[i * kLanes + l] = 0.0f;
+}
+
+// Totals per channel from the partials (a pair per group, or per lane for nChw16c), summed over the
+// images (or image blocks) in order, so that the result does not depend on how threads split groups.
+void reduce_partials(const Geometry& g, const double* partial, double* s0, double* s1) {
+  for (int64_t c = 0; c < g.C; ++c) {
+    double a = 0, b = 0;
+    if (g.lane_channels()) {
+      for (int64_t n = 0; n < g.N; ++n) {
+        const double* p = partial + ((n * g.CB + c / kLanes) * kLanes + c % kLanes) * 2;
+        a += p[0];
+        b += p[1];
+      }
+    } else {
+      for (int64_t grp = c; grp < g.groups; grp += g.C) {
+        a += partial[grp * 2];
+        b += partial[grp * 2 + 1];
+      }
+    }
+    s0[c] = a;
+    s1[c] = b;
+  }
+}
+
+// Sums of d = x - k and d*d over one run of one channel (plain, NCHW16n). real: images per position
+// in NCHW16n's last block (lanes past it are padding and skipped); 0 when every value is real.
+void run_shifted_sums(const float* p, int64_t run, float k, int64_t real, double& s, double& ss) {
+  s = ss = 0;
+  if (real == 0 || real == kLanes) {
+    for (int64_t i0 = 0; i0 < run; i0 += kChunk) {
+      const int64_t i1 = std::min(run, i0 + kChunk);
+      float fs = 0, fss = 0;
+#pragma omp simd reduction(+ : fs, fss)
+      for (int64_t i = i0; i < i1; ++i) {
+        const float d = p[i] - k;
+        fs += d;
+        fss += d * d;
+      }
+      s += fs;
+      ss += fss;
+    }
+    return;
+  }
+  for (int64_t i0 = 0; i0 < run; i0 += kChunk) {
+    const int64_t i1 = std::min(run, i0 + kChunk);
+    float fs = 0, fss = 0;
+#pragma omp simd reduction(+ : fs, fss)
+    for (int64_t i = i0; i < i1; ++i) {
+      const float d = (i % kLanes) < real ? p[i] - k : 0.0f;
+      fs += d;
+      fss += d * d;
+    }
+    s += fs;
+    ss += fss;
+  }
+}
+
+}  // namespace
+
+void batchnorm_stats(const Tensor& x, double* mean, double* var, std::vector<double>& partial) {
+  const Geometry g = geometry(x, "batchnorm stats");
+  const int64_t M = g.N * g.HW;
+  TRAINER_CHECK(M > 0, "batchnorm stats: empty input {}", shape_str(x.shape()));
+  const int64_t pairs = g.lane_channels() ? g.groups * kLanes : g.groups;
+  // The partials, then the shifts (kept with them so that a step allocates nothing once warm).
+  partial.resize(static_cast<size_t>(pairs * 2 + g.C));
+  double* pp = partial.data();
+  double* shift = pp + pairs * 2;
+  for (int64_t c = 0; c < g.C; ++c) shift[c] = x.at(0, c, 0, 0);
+  const float* px = x.data();
+
+  if (!g.lane_channels()) {
+#pragma omp parallel for schedule(static)
+    for (int64_t grp = 0; grp < g.groups; ++grp)
+      run_shifted_sums(px + grp * g.run, g.run, static_cast<float>(shift[g.channel(grp)]), g.real_images(grp),
+                       pp[grp * 2], pp[grp * 2 + 1]);
+  } else {
+    constexpr int64_t kChunkPos = kChunk / kLanes;
+#pragma omp parallel for schedule(static)
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      const float* p = px + grp * g.run;
+      float k[kLanes];
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const int64_t c = (grp % g.CB) * kLanes + l;
+        k[l] = c < g.C ? static_cast<float>(shift[c]) : 0.0f;
+      }
+      double s[kLanes] = {}, ss[kLanes] = {};
+      for (int64_t i0 = 0; i0 < g.HW; i0 += kChunkPos) {
+        const int64_t i1 = std::min(g.HW, i0 + kChunkPos);
+        float fs[kLanes] = {}, fss[kLanes] = {};
+        for (int64_t i = i0; i < i1; ++i) {
+#pragma omp simd
+          for (int64_t l = 0; l < kLanes; ++l) {
+            const float d = p[i * kLanes + l] - k[l];
+            fs[l] += d;
+            fss[l] += d * d;
+          }
+        }
+        for (int64_t l = 0; l < kLanes; ++l) {
+          s[l] += fs[l];
+          ss[l] += fss[l];
+        }
+      }
+      for (int64_t l = 0; l < kLanes; ++l) {
+        pp[(grp * kLanes + l) * 2] = s[l];
+        pp[(grp * kLanes + l) * 2 + 1] = ss[l];
+      }
+    }
+  }
+
+  reduce_partials(g, pp, mean, var);
+  for (int64_t c = 0; c < g.C; ++c) {
+    const double m = mean[c] / static_cast<double>(M);  // mean of (x - shift)
+    mean[c] = shift[c] + m;
+    var[c] = std::max(0.0, var[c] / static_cast<double>(M) - m * m);
+  }
+}
+
+void batchnorm_apply(const Tensor& x, const float* scale, const float* shift, Tensor& y) {
+  const Geometry g = geometry(x, "batchnorm apply");
+  y.resize(x.shape(), x.layout());
+  const float* px = x.data();
+  float* py = y.data();
+  if (!g.lane_channels()) {
+#pragma omp parallel for schedule(static)
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      const float a = scale[g.channel(grp)], b = shift[g.channel(grp)];
+      const float* __restrict p = px + grp * g.run;
+      float* __restrict q = py + grp * g.run;
+#pragma omp simd
+      for (int64_t i = 0; i < g.run; ++i) q[i] = a * p[i] + b;
+      zero_padding_images(g, grp, q);
+    }
+  } else {
+#pragma omp parallel for schedule(static)
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      float a[kLanes], b[kLanes];
+      load_lanes(scale, g.C, grp % g.CB, a);
+      load_lanes(shift, g.C, grp % g.CB, b);
+      const float* __restrict p = px + grp * g.run;
+      float* __restrict q = py + grp * g.run;
+      for (int64_t i = 0; i < g.HW; ++i) {
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes; ++l) q[i * kLanes + l] = a[l] * p[i * kLanes + l] + b[l];
+      }
+    }
+  }
+}
+
+void batchnorm_grad_sums(const Tensor& x, const Tensor& dy, const float* mean, double* sum_dy,
+                         double* sum_dy_xc, std::vector<double>& partial) {
+  const Geometry g = geometry(x, "batchnorm grad sums");
+  check_same(x, dy, "batchnorm grad sums");
+  const int64_t pairs = g.lane_channels() ? g.groups * kLanes : g.groups;
+  partial.resize(static_cast<size_t>(pairs * 2));
+  const float* px = x.data();
+  const float* pd = dy.data();
+  double* pp = partial.data();
+
+  // Padding (channels or images) holds dy = 0, so it adds nothing to either sum: no masks needed.
+  if (!g.lane_channels()) {
+#pragma omp parallel for schedule(static)
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      const float* p = px + grp * g.run;
+      const float* e = pd + grp * g.run;
+      const float m = mean[g.channel(grp)];
+      double s = 0, sx = 0;
+      for (int64_t i0 = 0; i0 < g.run; i0 += kChunk) {
+        const int64_t i1 = std::min(g.run, i0 + kChunk);
+        float fs = 0, fsx = 0;
+#pragma omp simd reduction(+ : fs, fsx)
+        for (int64_t i = i0; i < i1; ++i) {
+          fs += e[i];
+          fsx += e[i] * (p[i] - m);
+        }
+        s += fs;
+        sx += fsx;
+      }
+      pp[grp * 2] = s;
+      pp[grp * 2 + 1] = sx;
+    }
+  } else {
+    constexpr int64_t kChunkPos = kChunk / kLanes;
+#pragma omp parallel for schedule(static)
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      const float* p = px + grp * g.run;
+      const float* e = pd + grp * g.run;
+      float m[kLanes];
+      load_lanes(mean, g.C, grp % g.CB, m);
+      double s[kLanes] = {}, sx[kLanes] = {};
+      for (int64_t i0 = 0; i0 < g.HW; i0 += kChunkPos) {
+        const int64_t i1 = std::min(g.HW, i0 + kChunkPos);
+        float fs[kLanes] = {}, fsx[kLanes] = {};
+        for (int64_t i = i0; i < i1; ++i) {
+#pragma omp simd
+          for (int64_t l = 0; l < kLanes; ++l) {
+            fs[l] += e[i * kLanes + l];
+            fsx[l] += e[i * kLanes + l] * (p[i * kLanes + l] - m[l]);
+          }
+        }
+        for (int64_t l = 0; l < kLanes; ++l) {
+          s[l] += fs[l];
+          sx[l] += fsx[l];
+        }
+      }
+      for (int64_t l = 0; l < kLanes; ++l) {
+        pp[(grp * kLanes + l) * 2] = s[l];
+        pp[(grp * kLanes + l) * 2 + 1] = sx[l];
+      }
+    }
+  }
+  reduce_partials(g, pp, sum_dy, sum_dy_xc);
+}
+
+void batchnorm_bp_apply(const Tensor& x, const Tensor& dy, const float* a, const float* b, const float* d,
+                        Tensor& dx) {
+  const Geometry g = geometry(x, "batchnorm bp");
+  check_same(x, dy, "batchnorm bp");
+  dx.resize(x.shape(), x.layout());
+  const float* px = x.data();
+  const float* pd = dy.data();
+  float* po = dx.data();
+  if (!g.lane_channels()) {
+#pragma omp parallel for schedule(static)
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      const int64_t c = g.channel(grp);
+      const float ca = a[c], cb = b[c], cd = d[c];
+      const float* __restrict p = px + grp * g.run;
+      const float* __restrict e = pd + grp * g.run;
+      float* __restrict q = po + grp * g.run;
+#pragma omp simd
+      for (int64_t i = 0; i < g.run; ++i) q[i] = ca * e[i] + cb * p[i] + cd;
+      zero_padding_images(g, grp, q);
+    }
+  } else {
+#pragma omp parallel for schedule(static)
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      float ca[kLanes], cb[kLanes], cd[kLanes];
+      load_lanes(a, g.C, grp % g.CB, ca);
+      load_lanes(b, g.C, grp % g.CB, cb);
+      load_lanes(d, g.C, grp % g.CB, cd);
+      const float* __restrict p = px + grp * g.run;
+      const float* __restrict e = pd + grp * g.run;
+      float* __restrict q = po + grp * g.run;
+      for (int64_t i = 0; i < g.HW; ++i) {
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes; ++l)
+          q[i * kLanes + l] = ca[l] * e[i * kLanes + l] + cb[l] * p[i * kLanes + l] + cd[l];
+      }
+    }
+  }
+}
+
+}  // namespace trainer
