@@ -1,0 +1,329 @@
+#include "chip/pe_array.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <unordered_map>
+
+#include "core/error.hpp"
+
+namespace trainer {
+
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// CDF of Binomial(L, d), stored only where it is neither ~0 nor ~1.
+struct BinomialCdf {
+  int64_t lo = 0;
+  std::vector<double> c;  // c[i] = P(X <= lo + i)
+  double at(int64_t x) const {
+    if (x < lo) return 0.0;
+    const int64_t i = x - lo;
+    return i >= static_cast<int64_t>(c.size()) ? 1.0 : c[static_cast<size_t>(i)];
+  }
+};
+
+BinomialCdf binomial_cdf(int64_t L, double d) {
+  BinomialCdf out;
+  if (L <= 0 || d <= 0.0) {
+    out.lo = 0, out.c = {1.0};
+    return out;
+  }
+  if (d >= 1.0) {
+    out.lo = L, out.c = {1.0};
+    return out;
+  }
+  const double mean = static_cast<double>(L) * d, sd = std::sqrt(static_cast<double>(L) * d * (1.0 - d));
+  const int64_t lo = std::max<int64_t>(0, static_cast<int64_t>(std::floor(mean - 14.0 * sd)) - 2);
+  const int64_t hi = std::min<int64_t>(L, static_cast<int64_t>(std::ceil(mean + 14.0 * sd)) + 2);
+  const int64_t mode = std::clamp<int64_t>(static_cast<int64_t>(std::floor((L + 1) * d)), lo, hi);
+  std::vector<double> pmf(static_cast<size_t>(hi - lo + 1), 0.0);
+  const double log_mode =
+      std::lgamma(static_cast<double>(L) + 1) - std::lgamma(static_cast<double>(mode) + 1) -
+      std::lgamma(static_cast<double>(L - mode) + 1) + static_cast<double>(mode) * std::log(d) +
+      static_cast<double>(L - mode) * std::log1p(-d);
+  const double odds = d / (1.0 - d);
+  pmf[mode - lo] = std::exp(log_mode);
+  for (int64_t x = mode; x < hi; ++x)
+    pmf[x + 1 - lo] = pmf[x - lo] * static_cast<double>(L - x) / static_cast<double>(x + 1) * odds;
+  for (int64_t x = mode; x > lo; --x)
+    pmf[x - 1 - lo] = pmf[x - lo] * static_cast<double>(x) / static_cast<double>(L - x + 1) / odds;
+  double total = 0;
+  for (double p : pmf) total += p;
+  out.lo = lo;
+  out.c.resize(pmf.size());
+  double acc = 0;
+  for (size_t i = 0; i < pmf.size(); ++i) {
+    acc += pmf[i] / total;
+    out.c[i] = std::min(acc, 1.0);
+  }
+  out.c.back() = 1.0;
+  return out;
+}
+
+class CdfCache {
+ public:
+  explicit CdfCache(double d) : d_(d) {}
+  const BinomialCdf& get(int64_t L) {
+    auto it = cache_.find(L);
+    if (it == cache_.end()) it = cache_.emplace(L, binomial_cdf(L, d_)).first;
+    return it->second;
+  }
+
+ private:
+  double d_;
+  std::map<int64_t, BinomialCdf> cache_;
+};
+
+// x^n for a small positive integer n, by squaring.
+inline double ipow(double x, int n) {
+  double r = 1.0;
+  while (n) {
+    if (n & 1) r *= x;
+    x *= x;
+    n >>= 1;
+  }
+  return r;
+}
+
+double expected_ceil_max_cached(const std::vector<std::pair<int64_t, int>>& lines, int v, double q,
+                                CdfCache& cdfs) {
+  int64_t lmax = 0;
+  std::vector<const BinomialCdf*> f;
+  for (const auto& [L, n] : lines) {
+    lmax = std::max(lmax, L);
+    f.push_back(&cdfs.get(L));
+  }
+  if (lmax == 0 || q <= 0.0) return 0.0;
+  // E[ceil(M / v)] = sum over k >= 0 of P(M > k v), M = max of the lines. Below every line's support
+  // (only when all lines are present) P = 1; above every line's support P = 0.
+  int64_t lo_max = 0, lo_min = lmax, hi = 0, count = 0;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    lo_max = std::max(lo_max, f[i]->lo);
+    lo_min = std::min(lo_min, f[i]->lo);
+    hi = std::max(hi, f[i]->lo + static_cast<int64_t>(f[i]->c.size()) - 1);
+    count += lines[i].second;
+  }
+  hi = std::min(hi, lmax);
+  // Below every line's support each line is 0 when present: P(M > x) = 1 - (1 - q)^count; with q = 1
+  // that holds up to the highest support's start.
+  const int64_t k0 = (q >= 1.0 ? lo_max : lo_min) / v;
+  double e = static_cast<double>(k0) * (q >= 1.0 ? 1.0 : 1.0 - std::pow(1.0 - q, static_cast<double>(count)));
+  for (int64_t k = k0; k * v < hi; ++k) {
+    const int64_t x = k * v;
+    double g = 1.0;
+    for (size_t i = 0; i < lines.size() && g > 0.0; ++i) {
+      const double fx = (1.0 - q) + q * f[i]->at(x);
+      g *= ipow(fx, lines[i].second);
+    }
+    e += 1.0 - g;
+  }
+  return e;
+}
+
+// Bit index of output (row, col) in the output tensor's logical order: (row / D) * cols * D + col * D +
+// row % D, with D = P*Q (ff: rows (n, p, q), y [N, K, P, Q]), H*W (bp: rows (n, h, w), dx [N, C, H, W]),
+// rows (wg: rows (c, r, s), dw [K, C, R, S]).
+struct OutputIndex {
+  int64_t D = 1, cols = 1;
+  int64_t operator()(int64_t row, int64_t col) const { return (row / D) * cols * D + col * D + row % D; }
+};
+
+OutputIndex output_index(const ConvWork& w) {
+  OutputIndex ix;
+  ix.cols = w.cols;
+  switch (w.phase) {
+    case Phase::ff:
+      ix.D = w.geo.P * w.geo.Q;
+      break;
+    case Phase::bp:
+      ix.D = w.geo.H * w.geo.W;
+      break;
+    default:
+      ix.D = w.rows;
+      break;
+  }
+  return ix;
+}
+
+inline bool test_bit(const std::vector<uint64_t>& b, int64_t i) { return (b[i >> 6] >> (i & 63)) & 1u; }
+
+}  // namespace
+
+double expected_ceil_max(const std::vector<std::pair<int64_t, int>>& lines, double d, int v, double q) {
+  CdfCache cdfs(d);
+  return expected_ceil_max_cached(lines, v, q, cdfs);
+}
+
+ComputeResult array_compute(const ConvWork& w, const Mapping& m, const ChipSpec& spec, bool exact,
+                            const OutputLiveness& live) {
+  TRAINER_CHECK(m.shape >= 0 && m.shape < static_cast<int>(spec.regroupings.size()),
+                "chip model: mapping names regrouping {} of {}", m.shape, spec.regroupings.size());
+  const RegroupShape& shape = spec.regroupings[m.shape];
+  const int64_t Ra = shape.rows, Ca = shape.cols, G = shape.groups;
+  const int64_t RT = ceil_div(w.rows, Ra), CT = ceil_div(w.cols, Ca);
+  const int64_t v = spec.macs_per_pe_now();
+  const double overhead = spec.fill_drain_cycles + (m.skipping ? spec.decode_latency_cycles : 0);
+  const bool use_lines = exact && w.exact;
+  const bool has_live = live.bits != nullptr && live.live_fraction < 1.0;
+  const double rho = live.bits ? live.live_fraction : 1.0;
+  const double dense_tile = static_cast<double>(ceil_div(w.reduction, v));
+  const bool comp_a = m.skipping && m.compressed == Compressed::a;
+  const bool comp_b = m.skipping && m.compressed == Compressed::b;
+
+  ComputeResult out;
+  std::vector<double> group(static_cast<size_t>(G), 0.0);
+  auto rows_in = [&](int64_t rt) { return std::min(Ra, w.rows - rt * Ra); };
+  auto cols_in = [&](int64_t ct) { return std::min(Ca, w.cols - ct * Ca); };
+
+  // Slots if every output were needed.
+  double sum_a = 0, sum_b = 0;
+  if (use_lines) {
+    for (int32_t x : w.a_line_nnz) sum_a += x;
+    for (int32_t x : w.b_line_nnz) sum_b += x;
+  } else {
+    for (int32_t L : w.a_line_len) sum_a += L;
+    sum_a *= w.a_density();
+    sum_b = static_cast<double>(w.cols) * static_cast<double>(w.reduction) * w.b_density();
+  }
+  out.all_slots =
+      comp_b   ? static_cast<double>(w.rows) * sum_b
+      : comp_a ? static_cast<double>(w.cols) * sum_a
+               : static_cast<double>(w.rows) * static_cast<double>(w.cols) * static_cast<double>(w.reduction);
+
+  if (use_lines) {
+    // Exact: per-tile maxima of the lines' work.
+    std::vector<double> colmax(static_cast<size_t>(CT), 0.0), rowmax(static_cast<size_t>(RT), 0.0);
+    if (comp_b)
+      for (int64_t j = 0; j < w.cols; ++j)
+        colmax[j / Ca] = std::max(colmax[j / Ca], static_cast<double>(ceil_div(w.b_line_nnz[j], v)));
+    if (comp_a)
+      for (int64_t i = 0; i < w.rows; ++i)
+        rowmax[i / Ra] = std::max(rowmax[i / Ra], static_cast<double>(ceil_div(w.a_line_nnz[i], v)));
+    if (!has_live) {
+      for (int64_t ct = 0; ct < CT; ++ct)
+        for (int64_t rt = 0; rt < RT; ++rt) {
+          const double t = comp_b ? colmax[ct] : comp_a ? rowmax[rt] : dense_tile;
+          group[(ct * RT + rt) % G] += t + overhead;
+        }
+      out.mac_slots = out.all_slots;
+    } else {
+      const OutputIndex ix = output_index(w);
+      const auto& bits = *live.bits;
+      std::vector<double> tile_cycles(static_cast<size_t>(RT * CT), 0.0),
+          tile_slots(static_cast<size_t>(RT * CT), 0.0);
+#pragma omp parallel for schedule(static) if (w.rows * w.cols > (int64_t{1} << 16))
+      for (int64_t t = 0; t < RT * CT; ++t) {
+        const int64_t ct = t / RT, rt = t % RT;
+        const int64_t r0 = rt * Ra, r1 = r0 + rows_in(rt), c0 = ct * Ca, c1 = c0 + cols_in(ct);
+        double mx = 0, slots = 0;
+        bool any = false;
+        if (comp_a) {
+          for (int64_t i = r0; i < r1; ++i) {
+            int64_t n = 0;
+            for (int64_t j = c0; j < c1; ++j) n += test_bit(bits, ix(i, j));
+            if (n) {
+              any = true;
+              mx = std::max(mx, static_cast<double>(ceil_div(w.a_line_nnz[i], v)));
+              slots += static_cast<double>(n) * w.a_line_nnz[i];
+            }
+          }
+        } else {
+          for (int64_t j = c0; j < c1; ++j) {
+            int64_t n = 0;
+            for (int64_t i = r0; i < r1; ++i) n += test_bit(bits, ix(i, j));
+            if (n) {
+              any = true;
+              const double work =
+                  comp_b ? static_cast<double>(w.b_line_nnz[j]) : static_cast<double>(w.reduction);
+              mx = std::max(mx, static_cast<double>(ceil_div(static_cast<int64_t>(work), v)));
+              slots += static_cast<double>(n) * work;
+            }
+          }
+        }
+        tile_cycles[t] = any ? mx + overhead : 0.0;
+        tile_slots[t] = slots;
+      }
+      for (int64_t t = 0; t < RT * CT; ++t) {
+        group[t % G] += tile_cycles[t];
+        out.mac_slots += tile_slots[t];
+      }
+    }
+  } else {
+    // Statistical: expectations of each tile's maximum under independent binomial lines. A tile's
+    // expectation depends only on how many rows and columns it has and, for a, on the structural
+    // lengths of its lines, which repeat with period w.a_len_period; so each distinct tile is
+    // evaluated once.
+    CdfCache cdf_a(w.a_density()), cdf_b(w.b_density());
+    // P(at least one of n outputs is needed).
+    auto any_live = [&](int64_t n) {
+      return has_live ? 1.0 - std::pow(1.0 - rho, static_cast<double>(n)) : 1.0;
+    };
+    std::vector<std::pair<int64_t, int>> sig;
+    std::map<std::vector<std::pair<int64_t, int>>, double> sig_memo[2];  // per column size (full, last)
+    auto eval_a = [&](int64_t r0, int64_t nr, int64_t nc) {
+      sig.clear();
+      for (int64_t i = r0; i < r0 + nr; ++i) sig.emplace_back(w.a_line_len[i], 1);
+      std::sort(sig.begin(), sig.end());
+      size_t k = 0;
+      for (size_t i = 0; i < sig.size(); ++i) {
+        if (k && sig[k - 1].first == sig[i].first)
+          sig[k - 1].second += 1;
+        else
+          sig[k++] = sig[i];
+      }
+      sig.resize(k);
+      auto& seen = sig_memo[nc == Ca ? 0 : 1];
+      auto it = seen.find(sig);
+      if (it != seen.end()) return it->second;
+      const double e = expected_ceil_max_cached(sig, static_cast<int>(v), any_live(nc), cdf_a);
+      seen.emplace(sig, e);
+      return e;
+    };
+    auto eval_b = [&](int64_t nr, int64_t nc) {
+      return expected_ceil_max_cached({{w.reduction, static_cast<int>(nc)}}, static_cast<int>(v),
+                                      any_live(nr), cdf_b);
+    };
+    // Tiles come in at most 2 x 2 sizes (full or last, in rows and in columns).
+    const int64_t last_nr = rows_in(RT - 1), last_nc = cols_in(CT - 1);
+    double live_tile[2][2], b_tile[2][2];
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 2; ++j) {
+        const int64_t nr = i ? last_nr : Ra, nc = j ? last_nc : Ca;
+        live_tile[i][j] = any_live(nr * nc);
+        b_tile[i][j] = comp_b ? eval_b(nr, nc) : 0.0;
+      }
+    // For a: full-height tiles by offset within the period of line lengths, per column size.
+    const int64_t period = std::max<int64_t>(w.a_len_period, 1);
+    std::vector<double> a_tile[2];
+    if (comp_a)
+      for (auto& t : a_tile) t.assign(static_cast<size_t>(period), -1.0);
+    for (int64_t ct = 0; ct < CT; ++ct) {
+      const int j = ct == CT - 1 && last_nc != Ca ? 1 : 0;
+      for (int64_t rt = 0; rt < RT; ++rt) {
+        const int i = rt == RT - 1 && last_nr != Ra ? 1 : 0;
+        double t;
+        if (comp_b) {
+          t = b_tile[i][j];
+        } else if (comp_a) {
+          if (i) {
+            t = eval_a(rt * Ra, last_nr, j ? last_nc : Ca);
+          } else {
+            double& slot = a_tile[j][static_cast<size_t>((rt * Ra) % period)];
+            if (slot < 0) slot = eval_a(rt * Ra, Ra, j ? last_nc : Ca);
+            t = slot;
+          }
+        } else {
+          t = dense_tile * live_tile[i][j];
+        }
+        group[(ct * RT + rt) % G] += t + overhead * live_tile[i][j];
+      }
+    }
+    out.mac_slots = out.all_slots * rho;
+  }
+  out.cycles = *std::max_element(group.begin(), group.end());
+  return out;
+}
+
+}  // namespace trainer

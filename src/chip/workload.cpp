@@ -1,0 +1,455 @@
+#include "chip/workload.hpp"
+
+#include <algorithm>
+#include <bit>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#include "core/error.hpp"
+
+namespace trainer {
+
+namespace {
+
+// Below this much work a parallel region costs more than it saves (and on a busy machine much more).
+constexpr int64_t kParallelMin = int64_t{1} << 16;
+
+// Bits [pos, pos + 64) of a word array; bits past the end read as zero.
+inline uint64_t load_bits(const uint64_t* w, int64_t nwords, int64_t pos) {
+  const int64_t i = pos >> 6;
+  const int sh = static_cast<int>(pos & 63);
+  const uint64_t lo = i < nwords ? w[i] : 0;
+  if (sh == 0) return lo;
+  const uint64_t hi = i + 1 < nwords ? w[i + 1] : 0;
+  return (lo >> sh) | (hi << (64 - sh));
+}
+
+// The words of an operand's nonzero map, or all ones when the Op carries none (a dense operand).
+const std::vector<uint64_t>& operand_bits(const std::shared_ptr<const Bitmap>& b, int64_t n, const Op& op,
+                                          const char* what, std::vector<uint64_t>& ones) {
+  if (b) {
+    TRAINER_CHECK(b->size() == n,
+                  "chip model: layer '{}' ({} {}): the {} nonzero map has {} elements, the shapes say {}",
+                  op.layer_name, op.kind, phase_name(op.phase), what, b->size(), n);
+    return b->words();
+  }
+  ones.assign(static_cast<size_t>((n + 63) / 64), ~uint64_t{0});
+  if (n % 64) ones.back() = (uint64_t{1} << (n % 64)) - 1;
+  return ones;
+}
+
+double operand_nnz(const std::shared_ptr<const Bitmap>& b, int64_t n, const Op& op, const char* what) {
+  if (!b) return static_cast<double>(n);
+  TRAINER_CHECK(b->size() == n,
+                "chip model: layer '{}' ({} {}): the {} nonzero map has {} elements, the shapes say {}",
+                op.layer_name, op.kind, phase_name(op.phase), what, b->size(), n);
+  return static_cast<double>(b->count());
+}
+
+// Number of kernel offsets r in [0, R) for which output row p reads an input row inside [0, H).
+inline int64_t valid_taps(int64_t p, int64_t R, int64_t H, int32_t stride, int32_t pad) {
+  int64_t n = 0;
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t ih = p * stride + r - pad;
+    n += ih >= 0 && ih < H;
+  }
+  return n;
+}
+
+// Number of (r, p) pairs with input row h = p*stride + r - pad inside [0, H): the structurally present
+// products along one spatial axis.
+int64_t valid_pairs_axis(int64_t P, int64_t R, int64_t H, int32_t stride, int32_t pad) {
+  int64_t n = 0;
+  for (int64_t p = 0; p < P; ++p) n += valid_taps(p, R, H, stride, pad);
+  return n;
+}
+
+// Number of (r, p) with p in [0, P) and p*stride + r - pad == h: the taps reaching input row h in bp.
+inline int64_t bp_taps(int64_t h, int64_t R, int64_t P, int32_t stride, int32_t pad) {
+  int64_t n = 0;
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t t = h + pad - r;
+    if (t >= 0 && t % stride == 0 && t / stride < P) ++n;
+  }
+  return n;
+}
+
+void fill_common(ConvWork& w, const Op& op) {
+  const ConvGeometry& g = w.geo;
+  w.phase = op.phase;
+  w.dense_macs = static_cast<double>(g.N * g.K * g.P * g.Q) * static_cast<double>(g.C * g.R * g.S);
+  w.valid_macs = static_cast<double>(g.N * g.K * g.C) *
+                 static_cast<double>(valid_pairs_axis(g.P, g.R, g.H, g.stride_h, g.pad_h)) *
+                 static_cast<double>(valid_pairs_axis(g.Q, g.S, g.W, g.stride_w, g.pad_w));
+  const int64_t x_elems = g.N * g.C * g.H * g.W, w_elems = g.K * g.C * g.R * g.S,
+                y_elems = g.N * g.K * g.P * g.Q;
+  switch (op.phase) {
+    case Phase::ff:
+      w.a_name = "x", w.b_name = "w";
+      w.rows = g.N * g.P * g.Q, w.cols = g.K, w.reduction = g.C * g.R * g.S;
+      w.a_elems = x_elems, w.b_elems = w_elems, w.out_elems = y_elems;
+      break;
+    case Phase::bp:
+      w.a_name = "dy", w.b_name = "w";
+      w.rows = g.N * g.H * g.W, w.cols = g.C, w.reduction = g.K * g.R * g.S;
+      w.a_elems = y_elems, w.b_elems = w_elems, w.out_elems = x_elems;
+      break;
+    case Phase::wg:
+      w.a_name = "x", w.b_name = "dy";
+      w.rows = g.C * g.R * g.S, w.cols = g.K, w.reduction = g.N * g.P * g.Q;
+      w.a_elems = x_elems, w.b_elems = y_elems, w.out_elems = w_elems;
+      break;
+    default:
+      fail("chip model: layer '{}': {} has no {} phase on the PE array", op.layer_name, op.kind,
+           phase_name(op.phase));
+  }
+  // Structural length of each line of a; it depends only on the position within an image (ff, bp) or
+  // on the tap (wg).
+  w.a_line_len.resize(static_cast<size_t>(w.rows));
+  w.a_len_period = op.phase == Phase::ff ? g.P * g.Q : op.phase == Phase::bp ? g.H * g.W : g.R * g.S;
+  if (op.phase == Phase::ff) {
+    std::vector<int32_t> per_pq(static_cast<size_t>(g.P * g.Q));
+    for (int64_t p = 0; p < g.P; ++p)
+      for (int64_t q = 0; q < g.Q; ++q)
+        per_pq[p * g.Q + q] = static_cast<int32_t>(g.C * valid_taps(p, g.R, g.H, g.stride_h, g.pad_h) *
+                                                   valid_taps(q, g.S, g.W, g.stride_w, g.pad_w));
+    for (int64_t n = 0; n < g.N; ++n)
+      std::copy(per_pq.begin(), per_pq.end(), w.a_line_len.begin() + n * g.P * g.Q);
+  } else if (op.phase == Phase::bp) {
+    std::vector<int32_t> per_hw(static_cast<size_t>(g.H * g.W));
+    for (int64_t h = 0; h < g.H; ++h)
+      for (int64_t x = 0; x < g.W; ++x)
+        per_hw[h * g.W + x] = static_cast<int32_t>(g.K * bp_taps(h, g.R, g.P, g.stride_h, g.pad_h) *
+                                                   bp_taps(x, g.S, g.Q, g.stride_w, g.pad_w));
+    for (int64_t n = 0; n < g.N; ++n)
+      std::copy(per_hw.begin(), per_hw.end(), w.a_line_len.begin() + n * g.H * g.W);
+  } else {
+    for (int64_t c = 0; c < g.C; ++c)
+      for (int64_t r = 0; r < g.R; ++r)
+        for (int64_t s = 0; s < g.S; ++s) {
+          int64_t np = 0, nq = 0;
+          for (int64_t p = 0; p < g.P; ++p) {
+            const int64_t ih = p * g.stride_h + r - g.pad_h;
+            np += ih >= 0 && ih < g.H;
+          }
+          for (int64_t q = 0; q < g.Q; ++q) {
+            const int64_t iw = q * g.stride_w + s - g.pad_w;
+            nq += iw >= 0 && iw < g.W;
+          }
+          w.a_line_len[(c * g.R + r) * g.S + s] = static_cast<int32_t>(g.N * np * nq);
+        }
+  }
+}
+
+// plane[n][h][w] = sum over c of bits of t[n, c, h, w]   (t: [N, C, HW])
+std::vector<int32_t> sum_over_dim1(const std::vector<uint64_t>& bits, int64_t N, int64_t C, int64_t HW) {
+  std::vector<int32_t> out(static_cast<size_t>(N * HW), 0);
+#pragma omp parallel for schedule(static) if (N * C * HW > kParallelMin)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) accumulate_bits(bits, (n * C + c) * HW, HW, out.data() + n * HW);
+  return out;
+}
+
+// plane[c][h][w] = sum over n of bits of t[n, c, h, w]
+std::vector<int32_t> sum_over_dim0(const std::vector<uint64_t>& bits, int64_t N, int64_t C, int64_t HW) {
+  std::vector<int32_t> out(static_cast<size_t>(C * HW), 0);
+#pragma omp parallel for schedule(static) if (N * C * HW > kParallelMin)
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t n = 0; n < N; ++n) accumulate_bits(bits, (n * C + c) * HW, HW, out.data() + c * HW);
+  return out;
+}
+
+// For each (c, r, s): sum over output positions (p, q) of plane[c][p*stride + r - pad][q*stride + s - pad]
+// over positions inside the plane. plane: [C, H, W]; returns [C, R, S].
+std::vector<int64_t> shifted_window_sums(const std::vector<int32_t>& plane, const ConvGeometry& g, int64_t C,
+                                         int64_t H, int64_t W, int64_t P, int64_t Q) {
+  std::vector<int64_t> out(static_cast<size_t>(C * g.R * g.S), 0);
+#pragma omp parallel for schedule(static) if (C * g.R * g.S * P * Q > kParallelMin)
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s) {
+        int64_t sum = 0;
+        for (int64_t p = 0; p < P; ++p) {
+          const int64_t ih = p * g.stride_h + r - g.pad_h;
+          if (ih < 0 || ih >= H) continue;
+          const int32_t* row = plane.data() + (c * H + ih) * W;
+          for (int64_t q = 0; q < Q; ++q) {
+            const int64_t iw = q * g.stride_w + s - g.pad_w;
+            if (iw >= 0 && iw < W) sum += row[iw];
+          }
+        }
+        out[(c * g.R + r) * g.S + s] = sum;
+      }
+  return out;
+}
+
+// For each output position (n, p, q): the nonzeros of its receptive field, from plane[n][h][w] = sum
+// over channels. Returns [N, P, Q].
+std::vector<int32_t> receptive_field_sums(const std::vector<int32_t>& plane, const ConvGeometry& g) {
+  std::vector<int32_t> out(static_cast<size_t>(g.N * g.P * g.Q), 0);
+#pragma omp parallel for schedule(static) if (g.N * g.P * g.Q * g.R * g.S > kParallelMin)
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t p = 0; p < g.P; ++p)
+      for (int64_t q = 0; q < g.Q; ++q) {
+        int32_t sum = 0;
+        for (int64_t r = 0; r < g.R; ++r) {
+          const int64_t ih = p * g.stride_h + r - g.pad_h;
+          if (ih < 0 || ih >= g.H) continue;
+          const int32_t* row = plane.data() + (n * g.H + ih) * g.W;
+          for (int64_t s = 0; s < g.S; ++s) {
+            const int64_t iw = q * g.stride_w + s - g.pad_w;
+            if (iw >= 0 && iw < g.W) sum += row[iw];
+          }
+        }
+        out[(n * g.P + p) * g.Q + q] = sum;
+      }
+  return out;
+}
+
+void analyse_ff(ConvWork& w, const Op& op) {
+  const ConvGeometry& g = w.geo;
+  std::vector<uint64_t> ones_x, ones_w;
+  const auto& xb = operand_bits(op.x_nz, w.a_elems, op, "x", ones_x);
+  const auto& wb = operand_bits(op.w_nz, w.b_elems, op, "w", ones_w);
+  const int64_t HW = g.H * g.W, CRS = g.C * g.R * g.S;
+  const auto xc = sum_over_dim1(xb, g.N, g.C, HW);
+  const auto xn = sum_over_dim0(xb, g.N, g.C, HW);
+  w.a_line_nnz = receptive_field_sums(xc, g);
+  w.b_line_nnz.resize(static_cast<size_t>(g.K));
+  for (int64_t k = 0; k < g.K; ++k)
+    w.b_line_nnz[k] = static_cast<int32_t>(popcount_range(wb, k * CRS, (k + 1) * CRS));
+  // Effectual products: for each reduction index (c, r, s), (nonzero x it meets over all output
+  // positions) x (nonzero w at it over all k).
+  std::vector<int32_t> col_w(static_cast<size_t>(CRS), 0);
+  for (int64_t k = 0; k < g.K; ++k) accumulate_bits(wb, k * CRS, CRS, col_w.data());
+  const auto col_x = shifted_window_sums(xn, g, g.C, g.H, g.W, g.P, g.Q);
+  double eff = 0;
+  for (int64_t i = 0; i < CRS; ++i) eff += static_cast<double>(col_x[i]) * col_w[i];
+  w.effectual_macs = eff;
+  w.a_nnz = static_cast<double>(popcount_range(xb, 0, w.a_elems));
+  w.b_nnz = static_cast<double>(popcount_range(wb, 0, w.b_elems));
+}
+
+void analyse_bp(ConvWork& w, const Op& op) {
+  const ConvGeometry& g = w.geo;
+  std::vector<uint64_t> ones_d, ones_w;
+  const auto& db = operand_bits(op.dy_nz, w.a_elems, op, "dy", ones_d);
+  const auto& wb = operand_bits(op.w_nz, w.b_elems, op, "w", ones_w);
+  const int64_t PQ = g.P * g.Q, RS = g.R * g.S;
+  const auto dk = sum_over_dim1(db, g.N, g.K, PQ);  // [N, P, Q]
+  const auto dn = sum_over_dim0(db, g.N, g.K, PQ);  // [K, P, Q]
+  // Lines of a: the dy window feeding input position (n, h, w) through every tap (r, s).
+  w.a_line_nnz.assign(static_cast<size_t>(g.N * g.H * g.W), 0);
+#pragma omp parallel for schedule(static) if (g.N * g.H * g.W * g.R * g.S > kParallelMin)
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t h = 0; h < g.H; ++h)
+      for (int64_t x = 0; x < g.W; ++x) {
+        int32_t sum = 0;
+        for (int64_t r = 0; r < g.R; ++r) {
+          const int64_t tp = h + g.pad_h - r;
+          if (tp < 0 || tp % g.stride_h) continue;
+          const int64_t p = tp / g.stride_h;
+          if (p >= g.P) continue;
+          for (int64_t s = 0; s < g.S; ++s) {
+            const int64_t tq = x + g.pad_w - s;
+            if (tq < 0 || tq % g.stride_w) continue;
+            const int64_t q = tq / g.stride_w;
+            if (q < g.Q) sum += dk[(n * g.P + p) * g.Q + q];
+          }
+        }
+        w.a_line_nnz[(n * g.H + h) * g.W + x] = sum;
+      }
+  // Lines of b: w[:, c, :, :] over (k, r, s); and per (k, r, s) the nonzeros over c.
+  w.b_line_nnz.assign(static_cast<size_t>(g.C), 0);
+  std::vector<int32_t> col_w(static_cast<size_t>(g.K * RS), 0);
+  for (int64_t k = 0; k < g.K; ++k)
+    for (int64_t c = 0; c < g.C; ++c) {
+      const int64_t at = (k * g.C + c) * RS;
+      w.b_line_nnz[c] += static_cast<int32_t>(popcount_range(wb, at, at + RS));
+      accumulate_bits(wb, at, RS, col_w.data() + k * RS);
+    }
+  // Per (k, r, s): nonzero dy[., k, p, q] whose tap (r, s) lands inside the input map (input row
+  // h = p*stride + r - pad, the same pairs as ff's), over (n, p, q).
+  std::vector<int64_t> col_d(static_cast<size_t>(g.K * RS), 0);
+#pragma omp parallel for schedule(static) if (g.K * RS * g.P * g.Q > kParallelMin)
+  for (int64_t k = 0; k < g.K; ++k)
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s) {
+        int64_t sum = 0;
+        for (int64_t p = 0; p < g.P; ++p) {
+          const int64_t ih = p * g.stride_h + r - g.pad_h;
+          if (ih < 0 || ih >= g.H) continue;
+          const int32_t* row = dn.data() + (k * g.P + p) * g.Q;
+          for (int64_t q = 0; q < g.Q; ++q) {
+            const int64_t iw = q * g.stride_w + s - g.pad_w;
+            if (iw >= 0 && iw < g.W) sum += row[q];
+          }
+        }
+        col_d[k * RS + r * g.S + s] = sum;
+      }
+  double eff = 0;
+  for (int64_t i = 0; i < g.K * RS; ++i) eff += static_cast<double>(col_d[i]) * col_w[i];
+  w.effectual_macs = eff;
+  w.a_nnz = static_cast<double>(popcount_range(db, 0, w.a_elems));
+  w.b_nnz = static_cast<double>(popcount_range(wb, 0, w.b_elems));
+}
+
+void analyse_wg(ConvWork& w, const Op& op) {
+  const ConvGeometry& g = w.geo;
+  std::vector<uint64_t> ones_x, ones_d;
+  const auto& xb = operand_bits(op.x_nz, w.a_elems, op, "x", ones_x);
+  const auto& db = operand_bits(op.dy_nz, w.b_elems, op, "dy", ones_d);
+  const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
+  const auto xc = sum_over_dim1(xb, g.N, g.C, HW);
+  const auto xn = sum_over_dim0(xb, g.N, g.C, HW);
+  const auto lines_a = shifted_window_sums(xn, g, g.C, g.H, g.W, g.P, g.Q);
+  w.a_line_nnz.resize(lines_a.size());
+  for (size_t i = 0; i < lines_a.size(); ++i) w.a_line_nnz[i] = static_cast<int32_t>(lines_a[i]);
+  w.b_line_nnz.assign(static_cast<size_t>(g.K), 0);
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t k = 0; k < g.K; ++k)
+      w.b_line_nnz[k] += static_cast<int32_t>(popcount_range(db, (n * g.K + k) * PQ, (n * g.K + k + 1) * PQ));
+  // Effectual products: per output position (n, p, q), (nonzero x of its receptive field) x (nonzero dy
+  // over k there).
+  const auto rf = receptive_field_sums(xc, g);
+  const auto dk = sum_over_dim1(db, g.N, g.K, PQ);
+  double eff = 0;
+  for (size_t i = 0; i < rf.size(); ++i) eff += static_cast<double>(rf[i]) * dk[i];
+  w.effectual_macs = eff;
+  w.a_nnz = static_cast<double>(popcount_range(xb, 0, w.a_elems));
+  w.b_nnz = static_cast<double>(popcount_range(db, 0, w.b_elems));
+}
+
+}  // namespace
+
+int64_t popcount_range(const std::vector<uint64_t>& words, int64_t begin, int64_t end) {
+  if (end <= begin) return 0;
+  const int64_t first = begin >> 6, last = (end - 1) >> 6;
+  const uint64_t head = ~uint64_t{0} << (begin & 63);
+  const uint64_t tail = (end & 63) ? (uint64_t{1} << (end & 63)) - 1 : ~uint64_t{0};
+  if (first == last) return std::popcount(words[first] & head & tail);
+  int64_t n = std::popcount(words[first] & head) + std::popcount(words[last] & tail);
+  for (int64_t i = first + 1; i < last; ++i) n += std::popcount(words[i]);
+  return n;
+}
+
+void accumulate_bits(const std::vector<uint64_t>& words, int64_t begin, int64_t len, int32_t* counters) {
+  const uint64_t* w = words.data();
+  const int64_t nw = static_cast<int64_t>(words.size());
+  int64_t i = 0;
+  for (; i + 64 <= len; i += 64) {
+    const uint64_t b = load_bits(w, nw, begin + i);
+    if (!b) continue;
+    int32_t* c = counters + i;
+#ifdef __AVX512F__
+    // 16 counters per masked add: the bits are the mask (11x the scalar loop).
+    const __m512i one = _mm512_set1_epi32(1);
+    for (int q = 0; q < 4; ++q) {
+      const __mmask16 m = static_cast<__mmask16>(b >> (16 * q));
+      const __m512i v = _mm512_loadu_si512(c + 16 * q);
+      _mm512_storeu_si512(c + 16 * q, _mm512_mask_add_epi32(v, m, v, one));
+    }
+#else
+    for (int j = 0; j < 64; ++j) c[j] += static_cast<int32_t>((b >> j) & 1);
+#endif
+  }
+  if (i < len) {
+    const uint64_t b = load_bits(w, nw, begin + i);
+    const int rem = static_cast<int>(len - i);
+    for (int j = 0; j < rem; ++j) counters[i + j] += static_cast<int32_t>((b >> j) & 1);
+  }
+}
+
+bool is_array_op(const Op& op) {
+  return (op.kind == "conv2d" || op.kind == "linear") &&
+         (op.phase == Phase::ff || op.phase == Phase::bp || op.phase == Phase::wg);
+}
+
+ConvGeometry conv_geometry(const Op& op) {
+  ConvGeometry g;
+  const auto &x = op.x_shape, &w = op.w_shape, &y = op.y_shape;
+  const std::string where = fmt::format("layer '{}' ({} {})", op.layer_name, op.kind, phase_name(op.phase));
+  for (int i = 0; i < 4; ++i)
+    TRAINER_CHECK(x[i] > 0 && y[i] > 0,
+                  "chip model: {}: x shape [{}, {}, {}, {}] and y shape [{}, {}, {}, {}] must be positive",
+                  where, x[0], x[1], x[2], x[3], y[0], y[1], y[2], y[3]);
+  g.N = x[0];
+  TRAINER_CHECK(y[0] == g.N, "chip model: {}: x has batch {}, y has {}", where, g.N, y[0]);
+  if (op.kind == "linear") {
+    g.C = x[1] * x[2] * x[3];
+    g.K = y[1] * y[2] * y[3];
+    if (w[0] > 0)
+      TRAINER_CHECK(w[0] == g.K && w[1] * std::max<int64_t>(w[2], 1) * std::max<int64_t>(w[3], 1) == g.C,
+                    "chip model: {}: weight shape [{}, {}, {}, {}] does not map {} inputs to {} outputs",
+                    where, w[0], w[1], w[2], w[3], g.C, g.K);
+    return g;
+  }
+  g.C = x[1], g.H = x[2], g.W = x[3];
+  g.K = y[1], g.P = y[2], g.Q = y[3];
+  TRAINER_CHECK(w[0] > 0 && w[1] > 0 && w[2] > 0 && w[3] > 0,
+                "chip model: {}: the Op carries no weight shape (w_shape [{}, {}, {}, {}])", where, w[0],
+                w[1], w[2], w[3]);
+  TRAINER_CHECK(
+      w[0] == g.K && w[1] == g.C,
+      "chip model: {}: weight shape [{}, {}, {}, {}] expected [{}, {}, R, S] (grouped convolutions are not "
+      "modelled)",
+      where, w[0], w[1], w[2], w[3], g.K, g.C);
+  g.R = w[2], g.S = w[3];
+  g.stride_h = op.stride[0], g.stride_w = op.stride[1];
+  g.pad_h = op.pad[0], g.pad_w = op.pad[1];
+  TRAINER_CHECK(g.stride_h > 0 && g.stride_w > 0 && g.pad_h >= 0 && g.pad_w >= 0,
+                "chip model: {}: stride ({}, {}) must be positive and padding ({}, {}) nonnegative", where,
+                g.stride_h, g.stride_w, g.pad_h, g.pad_w);
+  const int64_t P = (g.H + 2 * g.pad_h - g.R) / g.stride_h + 1,
+                Q = (g.W + 2 * g.pad_w - g.S) / g.stride_w + 1;
+  TRAINER_CHECK(
+      P == g.P && Q == g.Q,
+      "chip model: {}: x {}x{} with kernel {}x{}, stride ({}, {}), pad ({}, {}) gives {}x{}, but y is {}x{}",
+      where, g.H, g.W, g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w, P, Q, g.P, g.Q);
+  return g;
+}
+
+ConvWork analyse_exact(const Op& op) {
+  ConvWork w;
+  w.geo = conv_geometry(op);
+  fill_common(w, op);
+  w.exact = true;
+  switch (op.phase) {
+    case Phase::ff:
+      analyse_ff(w, op);
+      break;
+    case Phase::bp:
+      analyse_bp(w, op);
+      break;
+    default:
+      analyse_wg(w, op);
+      break;
+  }
+  return w;
+}
+
+ConvWork analyse_statistical(const Op& op) {
+  ConvWork w;
+  w.geo = conv_geometry(op);
+  fill_common(w, op);
+  w.exact = false;
+  switch (op.phase) {
+    case Phase::ff:
+      w.a_nnz = operand_nnz(op.x_nz, w.a_elems, op, "x");
+      w.b_nnz = operand_nnz(op.w_nz, w.b_elems, op, "w");
+      break;
+    case Phase::bp:
+      w.a_nnz = operand_nnz(op.dy_nz, w.a_elems, op, "dy");
+      w.b_nnz = operand_nnz(op.w_nz, w.b_elems, op, "w");
+      break;
+    default:
+      w.a_nnz = operand_nnz(op.x_nz, w.a_elems, op, "x");
+      w.b_nnz = operand_nnz(op.dy_nz, w.b_elems, op, "dy");
+      break;
+  }
+  w.effectual_macs = w.valid_macs * w.a_density() * w.b_density();
+  return w;
+}
+
+}  // namespace trainer
