@@ -1,5 +1,6 @@
 #include "core/bitmap.hpp"
 
+#include <algorithm>
 #include <bit>
 
 namespace trainer {
@@ -26,12 +27,35 @@ Bitmap Bitmap::nonzeros_of(const Tensor& t) {
     }
     return b;
   }
-  const int64_t N = t.dim(0), C = t.dim(1), H = t.dim(2), W = t.dim(3);
+  // Blocked layouts: walk the storage in order and scatter each nonzero's bit to its logical index.
+  // Threads split the logical outer dimension (images for nChw16c, channels for NCHW16n) into ranges
+  // whose bits never share a word with another thread's (each range starts on a word boundary).
+  const int64_t N = t.dim(0), C = t.dim(1), H = t.dim(2), W = t.dim(3), HW = H * W;
+  const float* p = t.data();
+  if (t.layout() == Layout::nChw16c) {
+    const int64_t CB = (C + 15) / 16;
+    // One image's bits span C*HW bits; split images so that no two threads touch the same word.
+    auto set_image = [&](int64_t n) {
+      for (int64_t cb = 0; cb < CB; ++cb) {
+        const float* blk = p + (n * CB + cb) * HW * 16;
+        const int64_t cmax = std::min<int64_t>(16, C - cb * 16);
+        for (int64_t i = 0; i < HW; ++i)
+          for (int64_t c = 0; c < cmax; ++c)
+            if (blk[i * 16 + c] != 0.0f) b.set((n * C + cb * 16 + c) * HW + i);
+      }
+    };
+    if ((C * HW) % 64 == 0) {
+#pragma omp parallel for schedule(static)
+      for (int64_t n = 0; n < N; ++n) set_image(n);
+    } else {
+      for (int64_t n = 0; n < N; ++n) set_image(n);
+    }
+    return b;
+  }
   for (int64_t n = 0; n < N; ++n)
     for (int64_t c = 0; c < C; ++c)
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t w = 0; w < W; ++w)
-          if (t.at(n, c, h, w) != 0.0f) b.set(((n * C + c) * H + h) * W + w);
+      for (int64_t hw = 0; hw < HW; ++hw)
+        if (t.at(n, c, hw / W, hw % W) != 0.0f) b.set((n * C + c) * HW + hw);
   return b;
 }
 

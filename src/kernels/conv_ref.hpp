@@ -12,6 +12,10 @@
 
 namespace trainer {
 
+// Below this many multiply-accumulates a parallel region costs more than it saves (and on a busy
+// machine a barrier can wait a whole scheduler slice), so small calls run on the calling thread.
+constexpr int64_t kRefParallelMinMacs = int64_t{1} << 16;
+
 // The sizes of one convolution. x: [N, C, H, W], w: [K, C, R, S], y: [N, K, P, Q].
 struct ConvGeom {
   int64_t N = 0, C = 0, H = 0, W = 0;  // input
@@ -31,7 +35,7 @@ struct ConvGeom {
 template <typename T>
 void conv2d_ff_ref(const ConvGeom& g, const T* x, const T* w, const T* b, T* y) {
   const int64_t P = g.P(), Q = g.Q();
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (g.macs() > kRefParallelMinMacs)
   for (int64_t n = 0; n < g.N; ++n) {
     for (int64_t k = 0; k < g.K; ++k) {
       for (int64_t p = 0; p < P; ++p) {
@@ -63,7 +67,7 @@ void conv2d_ff_ref(const ConvGeom& g, const T* x, const T* w, const T* b, T* y) 
 template <typename T>
 void conv2d_bp_ref(const ConvGeom& g, const T* dy, const T* w, T* dx) {
   const int64_t P = g.P(), Q = g.Q();
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (g.macs() > kRefParallelMinMacs)
   for (int64_t n = 0; n < g.N; ++n) {
     for (int64_t c = 0; c < g.C; ++c) {
       for (int64_t h = 0; h < g.H; ++h) {
@@ -96,7 +100,7 @@ void conv2d_bp_ref(const ConvGeom& g, const T* dy, const T* w, T* dx) {
 template <typename T>
 void conv2d_wg_ref(const ConvGeom& g, const T* x, const T* dy, T* dw, T* db) {
   const int64_t P = g.P(), Q = g.Q();
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (g.macs() > kRefParallelMinMacs)
   for (int64_t k = 0; k < g.K; ++k) {
     for (int64_t c = 0; c < g.C; ++c) {
       for (int64_t r = 0; r < g.R; ++r) {
@@ -121,7 +125,7 @@ void conv2d_wg_ref(const ConvGeom& g, const T* x, const T* dy, T* dw, T* db) {
     }
   }
   if (!db) return;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (g.N * g.K * P * Q > kRefParallelMinMacs)
   for (int64_t k = 0; k < g.K; ++k) {
     T acc = T(0);
     for (int64_t n = 0; n < g.N; ++n)
@@ -136,7 +140,7 @@ void conv2d_wg_ref(const ConvGeom& g, const T* x, const T* dy, T* dw, T* db) {
 // x: [N, I], w: [O, I], b: [O] or nullptr, y: [N, O]
 template <typename T>
 void linear_ff_ref(int64_t N, int64_t I, int64_t O, const T* x, const T* w, const T* b, T* y) {
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (N * I * O > kRefParallelMinMacs)
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t o = 0; o < O; ++o) {
       T acc = b ? b[o] : T(0);
@@ -150,7 +154,7 @@ void linear_ff_ref(int64_t N, int64_t I, int64_t O, const T* x, const T* w, cons
 // dy: [N, O], w: [O, I], dx: [N, I]
 template <typename T>
 void linear_bp_ref(int64_t N, int64_t I, int64_t O, const T* dy, const T* w, T* dx) {
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (N * I * O > kRefParallelMinMacs)
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t i = 0; i < I; ++i) {
       T acc = T(0);
@@ -164,7 +168,7 @@ void linear_bp_ref(int64_t N, int64_t I, int64_t O, const T* dy, const T* w, T* 
 // x: [N, I], dy: [N, O], dw: [O, I], db: [O] or nullptr
 template <typename T>
 void linear_wg_ref(int64_t N, int64_t I, int64_t O, const T* x, const T* dy, T* dw, T* db) {
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (N * I * O > kRefParallelMinMacs)
   for (int64_t o = 0; o < O; ++o) {
     for (int64_t i = 0; i < I; ++i) {
       T acc = T(0);

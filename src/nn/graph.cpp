@@ -11,14 +11,19 @@ namespace trainer {
 namespace {
 
 // Operand nonzero maps for an Op (see Op::x_nz): ff reads x and w, bp reads dy and w, wg reads x and dy.
-// The weight operand is the layer's first parameter (conv and linear weights).
-void attach_nonzeros(Op& op, Layer& layer, const std::vector<const Tensor*>& xs, const Tensor* dy) {
+// The weight operand is the layer's first parameter (conv and linear weights). x and w do not change
+// between a layer's ff and its wg/bp in one step, so their maps are built once (in ff) and shared.
+void attach_nonzeros(Op& op, Layer& layer, const std::vector<const Tensor*>& xs, const Tensor* dy,
+                     std::shared_ptr<const Bitmap>& x_cache, std::shared_ptr<const Bitmap>& w_cache) {
   auto params = layer.params();
   const Tensor* w = params.empty() ? nullptr : &params.front()->value;
   const bool weighted = w && (op.kind == "conv2d" || op.kind == "linear");
-  if (op.phase != Phase::bp && !xs.empty() && xs[0])
-    op.x_nz = std::make_shared<const Bitmap>(Bitmap::nonzeros_of(*xs[0]));
-  if (op.phase != Phase::wg && weighted) op.w_nz = std::make_shared<const Bitmap>(Bitmap::nonzeros_of(*w));
+  if (op.phase == Phase::ff) {
+    x_cache = (!xs.empty() && xs[0]) ? std::make_shared<const Bitmap>(Bitmap::nonzeros_of(*xs[0])) : nullptr;
+    w_cache = weighted ? std::make_shared<const Bitmap>(Bitmap::nonzeros_of(*w)) : nullptr;
+  }
+  if (op.phase != Phase::bp) op.x_nz = x_cache;
+  if (op.phase != Phase::wg) op.w_nz = w_cache;
   if (op.phase != Phase::ff && dy) op.dy_nz = std::make_shared<const Bitmap>(Bitmap::nonzeros_of(*dy));
 }
 
@@ -75,7 +80,7 @@ const Tensor& Graph::forward(const Tensor& x, bool training, OpStream* ops) {
       op.time_ns = now_ns() - t0;
       op.layer = static_cast<int32_t>(i);
       op.layer_name = n.layer->name();
-      if (ops->capturing_nonzeros()) attach_nonzeros(op, *n.layer, xs, nullptr);
+      if (ops->capturing_nonzeros()) attach_nonzeros(op, *n.layer, xs, nullptr, n.x_nz, n.w_nz);
       ops->record(std::move(op));
     }
   }
@@ -100,7 +105,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
       op.time_ns = now_ns() - t0;
       op.layer = i;
       op.layer_name = n.layer->name();
-      if (ops->capturing_nonzeros()) attach_nonzeros(op, *n.layer, xs, &n.dy);
+      if (ops->capturing_nonzeros()) attach_nonzeros(op, *n.layer, xs, &n.dy, n.x_nz, n.w_nz);
       ops->record(std::move(op));
     };
     if (!n.layer->params().empty()) {

@@ -49,6 +49,7 @@ class Graph {
     Tensor y;      // output of the last forward
     Tensor dy;     // gradient w.r.t. y, during backward
     bool dy_set = false;
+    std::shared_ptr<const Bitmap> x_nz, w_nz;  // operand maps of the last ff, when captured
   };
   std::vector<const Tensor*> inputs_ptrs(const Node& n) const;
   std::vector<Node> nodes_;
