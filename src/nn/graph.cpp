@@ -56,8 +56,11 @@ Shape Graph::check(const Shape& input_shape) const {
   return shapes.back();
 }
 
-void Graph::init(Rng& rng) {
-  for (auto& n : nodes_) n.layer->init(rng);
+void Graph::init(Rng& rng, InitScheme scheme) {
+  for (auto& n : nodes_) {
+    n.layer->set_init_scheme(scheme);
+    n.layer->init(rng);
+  }
 }
 
 std::vector<const Tensor*> Graph::inputs_ptrs(const Node& n) const {

@@ -24,7 +24,7 @@ class Graph {
   // Checks every layer's shapes for this input shape (throws trainer::Error naming the layer) and
   // returns the output shape.
   Shape check(const Shape& input_shape) const;
-  void init(Rng& rng);
+  void init(Rng& rng, InitScheme scheme = InitScheme::pytorch);
 
   // x: [N, C, H, W]. Returns the last node's output (valid until the next forward).
   const Tensor& forward(const Tensor& x, bool training, OpStream* ops = nullptr);

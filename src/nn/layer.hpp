@@ -30,6 +30,12 @@ struct Param {
   bool weight_decay = true;  // biases and batch-norm affine parameters are exempt
 };
 
+// How parameters are initialised.
+//  pytorch: PyTorch's defaults (kaiming_uniform with a = sqrt(5): U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
+//           conv and linear weights and biases), so runs compare one to one with PyTorch's.
+//  kaiming: He et al. 2015 for ReLU networks, U(-sqrt(6/fan_in), sqrt(6/fan_in)) for weights; biases 0.
+enum class InitScheme : uint8_t { pytorch = 0, kaiming = 1 };
+
 // A named tensor that is state but not trained (batch-norm running statistics); saved in checkpoints.
 struct Buffer {
   std::string name;
@@ -51,8 +57,10 @@ class Layer {
   // shapes make no sense (wrong rank, channel mismatch, kernel larger than the padded input...).
   virtual Shape infer_shape(const std::vector<Shape>& in) const = 0;
 
-  // Initialises parameters (He/Kaiming-uniform as PyTorch does, unless the layer says otherwise).
+  // Initialises parameters following init_scheme().
   virtual void init(Rng& /*rng*/) {}
+  void set_init_scheme(InitScheme s) { init_scheme_ = s; }
+  InitScheme init_scheme() const { return init_scheme_; }
 
   // x: inputs (num_inputs() of them); y: resized by the layer. `training` selects batch statistics.
   virtual void ff(const std::vector<const Tensor*>& x, Tensor& y, bool training) = 0;
@@ -71,6 +79,7 @@ class Layer {
 
  private:
   std::string name_;
+  InitScheme init_scheme_ = InitScheme::pytorch;
 };
 
 }  // namespace trainer

@@ -157,6 +157,11 @@ const std::vector<Entry>& entries() {
          c.weight_decay = parse_double(t, w, "a number >= 0", [](double v) { return v >= 0; });
        },
        get_double(&C::weight_decay)},
+      {{"init", "init", "NAME",
+        "parameter initialisation: pytorch (PyTorch's defaults, for like-for-like comparisons) or kaiming "
+        "(He et al. 2015 for ReLU nets; trains faster from scratch)"},
+       [](C& c, S t, S w) { c.init = parse_choice(t, w, {"pytorch", "kaiming"}); },
+       get_str(&C::init)},
       {{"schedule", "schedule", "NAME", "learning-rate schedule: constant, step, cosine or onecycle"},
        [](C& c, S t, S w) {
          c.schedule = parse_choice(t, w, {"constant", "step", "cosine", "onecycle"});
@@ -416,6 +421,7 @@ nlohmann::json recipe_json(const RunConfig& c) {
   j["momentum"] = c.momentum;
   j["nesterov"] = c.nesterov;
   j["weight_decay"] = c.weight_decay;
+  j["init"] = c.init;
   j["schedule"] = c.schedule;
   j["warmup_epochs"] = c.warmup_epochs;
   j["warmup_steps"] = c.warmup_steps;

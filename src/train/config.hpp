@@ -29,6 +29,7 @@ struct RunConfig {
   double momentum = 0.9;
   bool nesterov = false;
   double weight_decay = 5e-4;
+  std::string init = "pytorch";  // parameter initialisation: pytorch | kaiming (see nn/layer.hpp)
   std::string schedule = "onecycle";  // constant | step | cosine | onecycle
   double warmup_epochs = 0.0;         // may be fractional
   int64_t warmup_steps = 0;

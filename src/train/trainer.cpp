@@ -140,7 +140,7 @@ RunResult train(const RunConfig& cfg, std::FILE* out) {
                 "model '{}' produces {} for a batch of {}, expected logits [{}, {}]", cfg.model,
                 shape_str(out_shape), cfg.batch_size, cfg.batch_size, classes);
   Rng init_rng(cfg.seed);
-  graph->init(init_rng);
+  graph->init(init_rng, cfg.init == "kaiming" ? InitScheme::kaiming : InitScheme::pytorch);
   const std::vector<Param*> params = graph->params();
   Sgd sgd(params,
           SgdOptions{static_cast<float>(cfg.momentum), cfg.nesterov, static_cast<float>(cfg.weight_decay)});
