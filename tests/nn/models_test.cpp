@@ -35,7 +35,7 @@ TEST(Models, ParameterCountsMatchPyTorch) {
 }
 
 TEST(Models, EveryModelRunsATrainingStep) {
-  for (const std::string& name : {"lenet5", "resnet8", "resnet14", "vgg8"}) {
+  for (const char* name : {"lenet5", "resnet8", "resnet14", "vgg8"}) {
     SCOPED_TRACE(name);
     auto g = build_model(name, {1, 28, 28}, 10);
     Rng rng(7);
