@@ -1,0 +1,164 @@
+// Sparse convolution: FF, BP and WG that execute only the multiplies of unpruned weights (and skip
+// whole zero input/error planes), on activations in Layout::NCHW16n.
+//
+// Why NCHW16n: one 512-bit vector holds one (c, h, w) position of 16 images, so a kept weight is one
+// broadcast and a run of aligned FMAs over neighbouring positions — no gathers, any sparsity pattern.
+//
+// How (FF; BP is the same engine on dy with the transposed taps, one stride-1 pass per phase):
+//  - the input is copied per (image block, band of output rows, group of input channels) into a zero-
+//    padded slab (the prologue is applied there, so a fused BN apply costs one multiply-add per input
+//    element, not one per FMA; the slab also makes every tap's offset a constant: no bounds checks);
+//  - a tile of up to 16 output positions of one output channel is held in registers while the kept
+//    taps of that channel in the group stream past: one broadcast and up to 16 FMAs per tap, each FMA
+//    reading a vector from the slab (output channels innermost, so the tile's slab region stays in L1);
+//    between groups the partial sums wait in a per-thread buffer that stays in L2, and the output is
+//    written once (with non-temporal stores when it is larger than the caches);
+//  - the epilogue (bias, per-channel Σy and Σy² for fused batch-norm statistics, output mask) runs on
+//    the registers before that single store.
+// WG (dW only at kept positions) holds the dy vectors of a tile of 8-16 positions of one output channel
+// in registers while the kept taps of that channel stream past, 8 sums at a time; the sums are reduced
+// across lanes once per band (or at once, when a band is a single tile).
+// Tap offsets in the slab are computed once per weight structure and geometry and cached in the
+// scratch; values are read from the weights, so an optimizer step only needs SparseWeights::repack.
+//
+// Threads: OpenMP over the current thread count; output channels (FF, WG: k; BP: c) are split into
+// contiguous ranges of equal kept-tap count, or (FF, BP, for large inputs) whole image blocks are.
+// Every output value is accumulated by one thread in a fixed order, so results do not depend on the
+// thread count.
+//
+// Counters: every multiply of the dense convolution (ConvGeom::macs(): N*K*P*Q*C*R*S, the same count
+// for each phase) is either executed or skipped for one reason. Attribution order: pruned weight, then
+// (WG) zero error, then zero activation / zero error plane, then masked output. Images are counted as
+// real ones (the padding images of the last block are not), and multiplies by the convolution's zero
+// padding count as executed, as in the dense count.
+//
+// Skipping zero activations in this layout pays only for whole planes (one channel of a block of 16
+// images zero everywhere: dead channels, all-zero tensors); those are detected cheaply (the scan stops
+// at the first nonzero) and skipped.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "core/tensor.hpp"
+#include "kernels/conv_ref.hpp"
+#include "kernels/sparse_weights.hpp"
+
+namespace trainer {
+
+struct SparseCounters {
+  int64_t dense_macs = 0;  // what the dense convolution multiplies (ConvGeom::macs())
+  int64_t executed_macs = 0;
+  int64_t skipped_pruned = 0;           // the weight is pruned
+  int64_t skipped_zero_activation = 0;  // the input (x) plane is zero
+  int64_t skipped_zero_error = 0;       // the error (dy) plane is zero
+  int64_t skipped_masked_output = 0;    // the output position was masked out (not computed)
+
+  int64_t skipped() const {
+    return skipped_pruned + skipped_zero_activation + skipped_zero_error + skipped_masked_output;
+  }
+  bool adds_up() const { return executed_macs + skipped() == dense_macs; }
+  SparseCounters& operator+=(const SparseCounters& o);
+};
+
+// Applied to each input element as the kernel reads it, per input channel c:
+// x' = x * scale[c] + shift[c], then max(x', 0) when relu (the fused batch-norm apply + ReLU).
+// Padding (spatial and padding images) stays zero: the convolution pads x', not x.
+struct ConvPrologue {
+  const float* scale = nullptr;  // [C], nullptr = 1
+  const float* shift = nullptr;  // [C], nullptr = 0
+  bool relu = false;
+  bool active() const { return scale || shift || relu; }
+};
+
+// Applied to each output channel k as the kernel finishes it.
+struct ConvEpilogue {
+  const float* bias = nullptr;  // [K]: y += bias[k]
+  // [K] each, written (not accumulated): Σ y and Σ y² over the real images and all positions of channel
+  // k, as written (masked positions count as 0) — the batch-norm statistics without re-reading y.
+  double* sum = nullptr;
+  double* sumsq = nullptr;
+};
+
+// Output positions not to compute (e.g. speculated dead). One byte per 16-image vector:
+// keep[((nb * K + k) * P + p) * Q + q], nb = image block; 0 = skip. Skipped positions are written as 0.
+// A tile is skipped only when all its positions are masked; the others are computed and then zeroed.
+struct ConvOutputMask {
+  const uint8_t* keep = nullptr;
+};
+
+enum class SparseImpl : uint8_t {
+  best,    // AVX-512 when compiled with it (__AVX512F__), else the portable version
+  scalar,  // the portable version (16-float arrays), always available; for tests
+};
+
+struct SparseConvOptions {
+  SparseImpl impl = SparseImpl::best;
+  bool skip_zero_planes = true;  // detect and skip all-zero input / error planes
+  // Tuning knobs (0 = chosen from the shapes): input channels per slab (FF, WG) or error channels per
+  // slab (BP); output rows per band; tile shape (FF/BP: 1 = 2x8, 2 = 1x16, 3 = 1x8, 4 = 4x4 positions;
+  // WG: 4 = 2x4, other = 1x8); non-temporal output stores (FF/BP: 1 = always, 0 = never, -1 = for
+  // outputs larger than the caches).
+  int channel_group = 0;
+  int band_rows = 0;
+  int tile = 0;
+  int stream_output = -1;
+  // 1: the threads copy each input slab once, together (one barrier per slab); 0: each thread copies
+  // its own (no barriers, the input read once per thread). Measured at 2 threads on ResNet-18 shapes,
+  // own copies were 1.3-1.5x faster: the barriers and the cross-core traffic cost more than the reads.
+  int shared_slabs = 0;
+  // FF/BP: 1: threads take whole image blocks; 0: they take output channels (split by kept-tap count);
+  // -1: image blocks when the blocks divide evenly and the input is over 16x the taps' bytes (it is
+  // then read once instead of once per thread: measured up to 1.12x faster at 2 threads on the 16x16
+  // and stride-2 32x32 layers, slower where the taps are many).
+  int split_images = -1;
+};
+
+// Reusable buffers (slabs, per-thread tap programs, zero-plane flags, partial sums): one per layer or
+// per thread of control; kernels allocate only when a shape grows.
+class SparseConvScratch {
+ public:
+  SparseConvScratch();
+  ~SparseConvScratch();
+  SparseConvScratch(const SparseConvScratch&) = delete;
+  SparseConvScratch& operator=(const SparseConvScratch&) = delete;
+  struct Impl;
+  Impl& impl() { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// The geometry of a conv with these weights on an input of this shape.
+ConvGeom sparse_conv_geom(const SparseWeights& w, const Shape& x_shape);
+
+// FF: y = conv(prologue(x), w) with w's pruned taps skipped, then the epilogue.
+// x: [N, C, H, W] NCHW16n; w: [K, C, R, S] compressed; y: resized to [N, K, P, Q] NCHW16n.
+SparseCounters sparse_conv_ff(const Tensor& x, const SparseWeights& w, Tensor& y, SparseConvScratch& scratch,
+                              const ConvPrologue& prologue = {}, const ConvEpilogue& epilogue = {},
+                              const ConvOutputMask& mask = {}, const SparseConvOptions& opt = {});
+
+// BP: dx = conv_transpose(dy, w), pruned taps and zero dy planes skipped.
+// dy: [N, K, P, Q] NCHW16n; w: [K, C, R, S] compressed; x_shape: [N, C, H, W] (the FF input's shape);
+// dx: resized to x_shape in NCHW16n (written, not accumulated).
+SparseCounters sparse_conv_bp(const Tensor& dy, const SparseWeights& w, const Shape& x_shape, Tensor& dx,
+                              SparseConvScratch& scratch, const SparseConvOptions& opt = {});
+
+// WG at kept positions only: dw_values[e] = Σ_{n,p,q} prologue(x)[n, c, p*st-pad+r, q*st-pad+s] * dy[n,k,p,q]
+// for each kept tap e = (k, c, r, s) in the FF order of w (w.ff_src()[e] is its OIHW index). Zero x and
+// dy planes skipped. x: [N, C, H, W] NCHW16n (the FF input, before its prologue); dy: [N, K, P, Q]
+// NCHW16n; dw_values: [w.nnz()] (written); db: [K] or nullptr (Σ dy per channel, written).
+SparseCounters sparse_conv_wg_values(const Tensor& x, const Tensor& dy, const SparseWeights& w,
+                                     float* dw_values, float* db, SparseConvScratch& scratch,
+                                     const ConvPrologue& prologue = {}, const SparseConvOptions& opt = {});
+
+// The same, with the gradient scattered into a dense dw: [K, C, R, S] plain (resized; pruned positions
+// are written 0), and db: [K] or nullptr (resized).
+SparseCounters sparse_conv_wg(const Tensor& x, const Tensor& dy, const SparseWeights& w, Tensor& dw,
+                              Tensor* db, SparseConvScratch& scratch, const ConvPrologue& prologue = {},
+                              const SparseConvOptions& opt = {});
+
+// Whether the AVX-512 version is compiled in (SparseImpl::best uses it).
+bool sparse_conv_has_avx512();
+
+}  // namespace trainer
