@@ -36,6 +36,10 @@ struct Param {
 //  kaiming: He et al. 2015 for ReLU networks, U(-sqrt(6/fan_in), sqrt(6/fan_in)) for weights; biases 0.
 enum class InitScheme : uint8_t { pytorch = 0, kaiming = 1 };
 
+// Initialises a weight (and optional bias) of a layer with this fan-in under `scheme` (see InitScheme):
+// weights first, then the bias, drawn from rng in storage order; gradients are zeroed.
+void init_fan_in(InitScheme scheme, double fan_in, Param& weight, Param* bias, Rng& rng);
+
 // A named tensor that is state but not trained (batch-norm running statistics); saved in checkpoints.
 struct Buffer {
   std::string name;

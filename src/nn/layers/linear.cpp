@@ -34,19 +34,7 @@ Linear::Linear(std::string name, int64_t in_features, int64_t out_features, bool
 }
 
 void Linear::init(Rng& rng) {
-  // kaiming_uniform(a = sqrt(5)) gives bound 1 / sqrt(fan_in); PyTorch draws the bias from the same bound.
-  const double fan_in = static_cast<double>(in_);
-  const bool kaiming = init_scheme() == InitScheme::kaiming;
-  const double bound = (kaiming ? std::sqrt(6.0) : 1.0) / std::sqrt(fan_in);
-  float* w = weight_.value.data();
-  for (int64_t i = 0; i < weight_.value.numel(); ++i)
-    w[i] = static_cast<float>((2 * rng.uniform() - 1) * bound);
-  weight_.grad.zero();
-  if (has_bias_) {
-    float* b = bias_.value.data();
-    for (int64_t i = 0; i < out_; ++i) b[i] = kaiming ? 0.0f : static_cast<float>((2 * rng.uniform() - 1) * bound);
-    bias_.grad.zero();
-  }
+  init_fan_in(init_scheme(), static_cast<double>(in_), weight_, has_bias_ ? &bias_ : nullptr, rng);
 }
 
 Shape Linear::infer_shape(const std::vector<Shape>& in) const {
