@@ -57,13 +57,13 @@ std::string format_op_summary(const OpStream& ops, uint64_t images) {
     r.macs[static_cast<int>(key.second)] += t.dense_macs;
     r.ns[static_cast<int>(key.second)] += t.time_ns;
   }
-  std::string out = fmt::format("{:<28} {:<12} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}\n", "layer", "kind",
+  std::string out = fmt::format("{:<28} {:<16} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}\n", "layer", "kind",
                                 "ff MMAC/im", "bp MMAC/im", "wg MMAC/im", "ff ms", "bp ms", "wg ms", "other ms");
   std::array<uint64_t, kNumPhases> tot_macs{}, tot_ns{};
   const double per_image = images ? 1.0 / static_cast<double>(images) : 0.0;
   auto line = [&](const std::string& name, const std::string& kind, const auto& macs, const auto& ns) {
     const uint64_t other = ns[3] + ns[4];
-    return fmt::format("{:<28} {:<12} {:>10.3f} {:>10.3f} {:>10.3f} {:>9.1f} {:>9.1f} {:>9.1f} {:>9.1f}\n", name,
+    return fmt::format("{:<28} {:<16} {:>10.3f} {:>10.3f} {:>10.3f} {:>9.1f} {:>9.1f} {:>9.1f} {:>9.1f}\n", name,
                        kind, macs[0] * per_image * 1e-6, macs[1] * per_image * 1e-6, macs[2] * per_image * 1e-6,
                        ns[0] * 1e-6, ns[1] * 1e-6, ns[2] * 1e-6, other * 1e-6);
   };
