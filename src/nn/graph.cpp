@@ -81,6 +81,7 @@ const Tensor& Graph::forward(const Tensor& x, bool training, OpStream* ops) {
     if (ops) {
       Op op = n.layer->describe(Phase::ff, xs, n.y);
       op.time_ns = now_ns() - t0;
+      if (op.executed_macs + op.skipped() == 0) op.executed_macs = op.dense_macs;
       op.layer = static_cast<int32_t>(i);
       op.layer_name = n.layer->name();
       if (ops->capturing_nonzeros()) attach_nonzeros(op, *n.layer, xs, nullptr, n.x_nz, n.w_nz);
@@ -106,6 +107,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
       if (!ops) return;
       Op op = n.layer->describe(phase, xs, n.y);
       op.time_ns = now_ns() - t0;
+      if (op.executed_macs + op.skipped() == 0) op.executed_macs = op.dense_macs;
       op.layer = i;
       op.layer_name = n.layer->name();
       if (ops->capturing_nonzeros()) attach_nonzeros(op, *n.layer, xs, &n.dy, n.x_nz, n.w_nz);

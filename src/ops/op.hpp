@@ -33,6 +33,20 @@ struct Op {
   uint64_t dense_macs = 0;  // multiply-accumulates of the dense computation of this phase
   uint64_t time_ns = 0;     // wall time the engine spent on it
 
+  // What the engine executed of dense_macs, and why it skipped the rest (conv and linear phases; for
+  // the other kinds executed_macs = dense_macs). executed_macs + skipped() == dense_macs.
+  //   pruned: the weight is pruned; zero_activation: the input (x) operand is zero; zero_error: the error
+  //   (dy) operand is zero; masked_output: the output was not computed (masked / predicted dead).
+  std::string kernel;  // the kernel that ran: "dense" (oneDNN), "sparse" (kernels/sparse_conv), ...
+  uint64_t executed_macs = 0;
+  uint64_t skipped_pruned = 0;
+  uint64_t skipped_zero_activation = 0;
+  uint64_t skipped_zero_error = 0;
+  uint64_t skipped_masked_output = 0;
+  uint64_t skipped() const {
+    return skipped_pruned + skipped_zero_activation + skipped_zero_error + skipped_masked_output;
+  }
+
   // Operand nonzero maps, filled only when the stream asks for them (OpStream::capture_nonzeros),
   // since building them costs a pass over each operand. Which operands a phase has:
   //   ff: x, w          bp: dy, w          wg: x, dy

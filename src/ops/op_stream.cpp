@@ -26,6 +26,12 @@ void OpStream::fold(const Op& op, std::map<std::pair<int32_t, Phase>, OpTotals>&
   t.calls += 1;
   t.dense_macs += op.dense_macs;
   t.time_ns += op.time_ns;
+  t.executed_macs += op.executed_macs;
+  t.skipped_pruned += op.skipped_pruned;
+  t.skipped_zero_activation += op.skipped_zero_activation;
+  t.skipped_zero_error += op.skipped_zero_error;
+  t.skipped_masked_output += op.skipped_masked_output;
+  if (!op.kernel.empty()) t.kernel_calls[op.kernel] += 1;
 }
 
 void OpStream::begin_step() {

@@ -15,6 +15,9 @@ struct OpTotals {
   uint64_t calls = 0;
   uint64_t dense_macs = 0;
   uint64_t time_ns = 0;
+  uint64_t executed_macs = 0;
+  uint64_t skipped_pruned = 0, skipped_zero_activation = 0, skipped_zero_error = 0, skipped_masked_output = 0;
+  std::map<std::string, uint64_t> kernel_calls;  // how often each kernel ran ("dense", "sparse", ...)
 };
 
 class OpStream {

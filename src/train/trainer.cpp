@@ -118,7 +118,7 @@ std::string divergence_message(const char* what, double value, int64_t step, int
 
 }  // namespace
 
-RunResult train(const RunConfig& cfg, std::FILE* out) {
+RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
   validate(cfg);
   omp_set_num_threads(static_cast<int>(cfg.threads));
 
@@ -219,6 +219,7 @@ RunResult train(const RunConfig& cfg, std::FILE* out) {
     int64_t correct = 0, seen = 0;
     for (int64_t b = 0; b < steps_taken; ++b) {
       ops.begin_step();
+      ops.capture_nonzeros(hooks.wants_nonzeros && hooks.wants_nonzeros(global_step));
       train_loader.batch(b, x, labels);
       const Tensor& logits = graph->forward(x, /*training=*/true, &ops);
 
@@ -241,6 +242,7 @@ RunResult train(const RunConfig& cfg, std::FILE* out) {
 
       graph->backward(dlogits, &ops);
       sgd.step(static_cast<float>(lr), &ops, static_cast<float>(schedule.momentum(global_step)));
+      if (hooks.on_step) hooks.on_step(global_step, ops.step_ops());
       ++global_step;
 
       const int64_t n = static_cast<int64_t>(labels.size());
@@ -309,6 +311,7 @@ RunResult train(const RunConfig& cfg, std::FILE* out) {
     fmt::print(out, "the checkpoint is at epoch {}; nothing left to train\n", start_epoch);
     last_eval = evaluate(*graph, test_loader, ce, x, labels);
   }
+  if (hooks.on_finish) hooks.on_finish(out);
   result.test_loss = last_eval->loss;
   result.test_acc = last_eval->acc;
   result.images_per_s =

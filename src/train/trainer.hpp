@@ -14,6 +14,10 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <functional>
+#include <vector>
+
+#include "ops/op.hpp"
 
 #include "train/config.hpp"
 
@@ -29,9 +33,21 @@ struct RunResult {
   double images_per_s = 0.0;
 };
 
+// What a caller may attach to a run without the training loop knowing it (the chip model and the trace
+// writer live outside src/train and plug in here). Every member is optional.
+struct TrainHooks {
+  // Before each training step (global step index, 0-based): whether that step's Op records should carry
+  // operand nonzero maps (Op::x_nz, w_nz, dy_nz), which cost a pass over each operand.
+  std::function<bool(int64_t step)> wants_nonzeros;
+  // After each training step, once the optimizer has run: that step's Op records, in execution order.
+  std::function<void(int64_t step, const std::vector<Op>& ops)> on_step;
+  // After the last epoch, before the run's summary is printed: lets the hook print its own summary.
+  std::function<void(std::FILE* out)> on_finish;
+};
+
 // Runs the training cfg describes. Epoch lines and the final summary go to `out`, progress to stderr.
 // Throws trainer::Error for bad configuration or data, a checkpoint that does not fit, and a diverging
 // run (NaN/Inf loss), in which case the last epoch's checkpoint is left intact.
-RunResult train(const RunConfig& cfg, std::FILE* out = stdout);
+RunResult train(const RunConfig& cfg, std::FILE* out = stdout, const TrainHooks& hooks = {});
 
 }  // namespace trainer
