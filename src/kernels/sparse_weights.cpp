@@ -13,6 +13,10 @@ double SparseWeights::density() const {
   return d ? static_cast<double>(nnz()) / static_cast<double>(d) : 0.0;
 }
 
+namespace {
+std::atomic<uint64_t> next_structure_version{1};
+}  // namespace
+
 template <typename Keep>
 void SparseWeights::build_impl(const Tensor& w, Keep keep, int64_t stride, int64_t pad) {
   TRAINER_CHECK(w.rank() == 4 && w.layout() == Layout::plain,
@@ -24,9 +28,10 @@ void SparseWeights::build_impl(const Tensor& w, Keep keep, int64_t stride, int64
   TRAINER_CHECK(K * C * R * S < std::numeric_limits<int32_t>::max(),
                 "sparse weights: {} has too many elements for 32-bit indices", shape_str(w.shape()));
   K_ = K, C_ = C, R_ = R, S_ = S, stride_ = stride, pad_ = pad;
-  // Unique across all weights, so that a cache keyed on it never mistakes one layer for another.
-  static std::atomic<uint64_t> next_version{1};
-  version_ = next_version++;
+  // Unique across all weights and every build overload (one counter outside this template: a static
+  // local would be one counter per instantiation, and two overloads would hand out the same numbers),
+  // so that a cache keyed on it never mistakes one structure for another.
+  version_ = next_structure_version++;
   const int64_t RS = R * S, NPH = stride * stride;
 
   // FF form: OIHW order is already (k, c, r, s) order.
@@ -92,6 +97,16 @@ void SparseWeights::build(const Tensor& w, const Bitmap& keep, int64_t stride, i
                 keep.size(), shape_str(w.shape()));
   build_impl(
       w, [&keep](int64_t i) { return keep.test(i); }, stride, pad);
+}
+
+void SparseWeights::build(const Tensor& w, const uint8_t* keep, int64_t stride, int64_t pad) {
+  if (!keep) {
+    build_impl(
+        w, [](int64_t) { return true; }, stride, pad);
+    return;
+  }
+  build_impl(
+      w, [keep](int64_t i) { return keep[i] != 0; }, stride, pad);
 }
 
 void SparseWeights::build_from_nonzeros(const Tensor& w, int64_t stride, int64_t pad) {

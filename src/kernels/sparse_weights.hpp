@@ -29,6 +29,9 @@ class SparseWeights {
   void build(const Tensor& w, const Tensor& keep, int64_t stride, int64_t pad);
   // keep: a bitmap over [K, C, R, S] in OIHW order, bit set = kept.
   void build(const Tensor& w, const Bitmap& keep, int64_t stride, int64_t pad);
+  // keep: one byte per weight in OIHW order, nonzero = kept; nullptr keeps every position (a dense
+  // structure: the sparse kernels then run every multiply).
+  void build(const Tensor& w, const uint8_t* keep, int64_t stride, int64_t pad);
   // Keeps exactly the nonzeros of w (a mask already applied to the weights).
   void build_from_nonzeros(const Tensor& w, int64_t stride, int64_t pad);
   // New values of the same kept positions (after an optimizer step). w: [K, C, R, S] plain.

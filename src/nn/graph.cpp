@@ -73,6 +73,10 @@ std::vector<const Tensor*> Graph::inputs_ptrs(const Node& n) const {
 const Tensor& Graph::forward(const Tensor& x, bool training, OpStream* ops) {
   TRAINER_CHECK(!nodes_.empty(), "graph: the model has no layers");
   input_ = &x;
+  if (input_layout_ != Layout::plain && x.rank() == 4 && x.layout() != input_layout_) {
+    input_converted_ = x.to_layout(input_layout_);
+    input_ = &input_converted_;
+  }
   for (size_t i = 0; i < nodes_.size(); ++i) {
     Node& n = nodes_[i];
     auto xs = inputs_ptrs(n);

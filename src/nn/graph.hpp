@@ -26,6 +26,11 @@ class Graph {
   Shape check(const Shape& input_shape) const;
   void init(Rng& rng, InitScheme scheme = InitScheme::pytorch);
 
+  // The layout the model's 4-D input is converted to before the first layer (plain: as given). NCHW16n
+  // runs the whole network in the sparse kernels' layout: convolutions then keep it end to end.
+  void set_input_layout(Layout layout) { input_layout_ = layout; }
+  Layout input_layout() const { return input_layout_; }
+
   // x: [N, C, H, W]. Returns the last node's output (valid until the next forward).
   const Tensor& forward(const Tensor& x, bool training, OpStream* ops = nullptr);
   // dy: gradient of the loss w.r.t. forward()'s output. Leaves gradients in every Param::grad.
@@ -54,6 +59,8 @@ class Graph {
   std::vector<const Tensor*> inputs_ptrs(const Node& n) const;
   std::vector<Node> nodes_;
   const Tensor* input_ = nullptr;
+  Layout input_layout_ = Layout::plain;
+  Tensor input_converted_;
   Tensor scratch_;
 };
 

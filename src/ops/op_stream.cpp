@@ -84,4 +84,39 @@ std::string format_op_summary(const OpStream& ops, uint64_t images) {
   return out;
 }
 
+std::string format_sparse_summary(const OpStream& ops, uint64_t images) {
+  const double per_image = images ? 1.0 / static_cast<double>(images) : 0.0;
+  std::string out = fmt::format("{:<28} {:<5} {:<13} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9}\n", "layer",
+                                "phase", "kernel", "MMAC/im", "exec%", "pruned%", "zero-x%", "zero-dy%",
+                                "masked%", "ms", "GMAC/s");
+  auto pct = [](uint64_t part, uint64_t whole) { return whole ? 100.0 * part / whole : 0.0; };
+  auto line = [&](const std::string& name, const std::string& phase, const std::string& kernel, const OpTotals& t) {
+    return fmt::format("{:<28} {:<5} {:<13} {:>9.3f} {:>7.1f} {:>7.1f} {:>7.1f} {:>7.1f} {:>7.1f} {:>9.1f} {:>9.2f}\n",
+                       name, phase, kernel, t.dense_macs * per_image * 1e-6, pct(t.executed_macs, t.dense_macs),
+                       pct(t.skipped_pruned, t.dense_macs), pct(t.skipped_zero_activation, t.dense_macs),
+                       pct(t.skipped_zero_error, t.dense_macs), pct(t.skipped_masked_output, t.dense_macs),
+                       t.time_ns * 1e-6, t.time_ns ? static_cast<double>(t.dense_macs) / t.time_ns : 0.0);
+  };
+  std::array<OpTotals, 3> phase_total{};
+  for (const auto& [key, t] : ops.totals()) {
+    const int p = static_cast<int>(key.second);
+    if (p > 2 || t.dense_macs == 0) continue;
+    std::string kernel;
+    for (const auto& [name, calls] : t.kernel_calls)
+      kernel += (kernel.empty() ? "" : "+") + (calls == t.calls ? name : fmt::format("{}x{}", name, calls));
+    if (kernel.empty()) kernel = "dense";
+    out += line(t.layer_name, phase_name(key.second), kernel, t);
+    OpTotals& a = phase_total[p];
+    a.dense_macs += t.dense_macs;
+    a.executed_macs += t.executed_macs;
+    a.skipped_pruned += t.skipped_pruned;
+    a.skipped_zero_activation += t.skipped_zero_activation;
+    a.skipped_zero_error += t.skipped_zero_error;
+    a.skipped_masked_output += t.skipped_masked_output;
+    a.time_ns += t.time_ns;
+  }
+  for (int p = 0; p < 3; ++p) out += line("total", phase_name(static_cast<Phase>(p)), "", phase_total[p]);
+  return out;
+}
+
 }  // namespace trainer

@@ -45,4 +45,10 @@ class OpStream {
 // A table (one row per layer, columns per phase: GMACs and ms) for the end-of-run summary.
 std::string format_op_summary(const OpStream& ops, uint64_t images);
 
+// The sparse-work table: one row per (layer, phase) with multiplies (conv, linear): the kernels that
+// ran, dense-equivalent MMAC per image, the share executed and skipped by reason, time, and the
+// dense-equivalent rate (dense MACs / time: comparing it with a dense run's gives each phase's speed-up);
+// then one total row per phase.
+std::string format_sparse_summary(const OpStream& ops, uint64_t images);
+
 }  // namespace trainer

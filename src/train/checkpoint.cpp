@@ -18,7 +18,7 @@ namespace trainer {
 namespace {
 
 constexpr char kMagic[8] = {'T', 'R', 'N', 'R', 'C', 'K', 'P', 'T'};
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;  // 2 added the blobs; 1 is still read
 constexpr size_t kHeaderSize = 24;
 // Sanity bounds for a corrupt file that still passes the checksum (or a hostile one).
 constexpr uint32_t kMaxRank = 8;
@@ -150,6 +150,13 @@ void write_checkpoint(const std::string& path, const Checkpoint& ck) {
     if (t.value.numel() > 0)
       payload.append(reinterpret_cast<const char*>(t.value.data()), sizeof(float) * t.value.numel());
   }
+  put<uint32_t>(payload, static_cast<uint32_t>(ck.blobs.size()));
+  for (const auto& [name, bytes] : ck.blobs) {
+    put<uint32_t>(payload, static_cast<uint32_t>(name.size()));
+    payload += name;
+    put<uint64_t>(payload, static_cast<uint64_t>(bytes.size()));
+    payload.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  }
 
   std::string header(kMagic, sizeof(kMagic));
   put<uint32_t>(header, kVersion);
@@ -200,8 +207,8 @@ Checkpoint read_checkpoint(const std::string& path) {
   std::memcpy(&version, bytes.data() + 8, 4);
   std::memcpy(&crc, bytes.data() + 12, 4);
   std::memcpy(&size, bytes.data() + 16, 8);
-  TRAINER_CHECK(version == kVersion, "checkpoint '{}': format version {}, this build reads version {}", path,
-                version, kVersion);
+  TRAINER_CHECK(version == 1 || version == kVersion,
+                "checkpoint '{}': format version {}, this build reads versions 1 to {}", path, version, kVersion);
   const uint64_t have = bytes.size() - kHeaderSize;
   TRAINER_CHECK(have >= size,
                 "checkpoint '{}': truncated: the header promises {} bytes of data, the file holds {}", path,
@@ -257,6 +264,19 @@ Checkpoint read_checkpoint(const std::string& path) {
     t.value = Tensor(shape);
     if (numel) std::memcpy(t.value.data(), values, numel * sizeof(float));
     ck.tensors.push_back(std::move(t));
+  }
+  if (version >= 2) {
+    const uint32_t blobs = cur.get<uint32_t>("the blob count");
+    for (uint32_t i = 0; i < blobs; ++i) {
+      const uint32_t name_size = cur.get<uint32_t>("a blob name");
+      TRAINER_CHECK(name_size <= kMaxName, "checkpoint '{}': corrupt: blob {} has a {}-byte name", path, i,
+                    name_size);
+      std::string name(cur.take(name_size, "a blob name"), name_size);
+      const uint64_t n = cur.get<uint64_t>("a blob size");
+      TRAINER_CHECK(n <= cur.left(), "checkpoint '{}': corrupt: blob '{}' is larger than the file", path, name);
+      const char* b = cur.take(n, "a blob");
+      ck.blobs[name].assign(reinterpret_cast<const uint8_t*>(b), reinterpret_cast<const uint8_t*>(b) + n);
+    }
   }
   TRAINER_CHECK(cur.left() == 0, "checkpoint '{}': corrupt: {} bytes left after the last tensor", path,
                 cur.left());

@@ -11,12 +11,16 @@
 //        u32 count        tensors, each:
 //          u8 role (0 param value, 1 SGD momentum of that param, 2 buffer), u32 n + name,
 //          u32 rank, i64 dims[rank], f32 values[prod(dims)] (plain layout)
+//        (version 2) u32 count  named byte blobs (state of other parts, e.g. the pruning policy's masks
+//                               under "pruning"), each: u32 n + name, u64 n + bytes
+// Version 1 files (no blobs) are still read.
 // Written atomically (<file>.tmp, fsync, rename), so a crash or a diverging run leaves the previous
 // checkpoint intact. The loop's data order and augmentation are functions of (seed, epoch), so no RNG
 // stream needs saving.
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -48,6 +52,7 @@ struct Checkpoint {
   CheckpointInfo info;
   int64_t sgd_steps = 0;  // 0: the momentum buffers hold no history yet
   std::vector<CheckpointTensor> tensors;
+  std::map<std::string, std::vector<uint8_t>> blobs;  // opaque state by name (e.g. "pruning")
 };
 
 // The model's parameters and buffers and the optimizer's momentum (sgd may be null).

@@ -239,6 +239,61 @@ const std::vector<Entry>& entries() {
          c.progress = parse_choice(t, w, {"auto", "on", "off"});
        },
        get_str(&C::progress)},
+      {{"prune", "prune", "NAME",
+        "dynamic weight pruning policy: none (dense training), magnitude (gradual, Zhu & Gupta), dns (Dynamic "
+        "Network Surgery) or rigl (RigL); a pruned run executes only the unpruned weights' work"},
+       [](C& c, S t, S w) { c.prune = parse_choice(t, w, {"none", "magnitude", "dns", "rigl"}); },
+       get_str(&C::prune)},
+      {{"sparsity", "sparsity", "FLOAT", "final weight sparsity of the pruned tensors, in [0, 1) (with --prune)"},
+       [](C& c, S t, S w) {
+         c.sparsity = parse_double(t, w, "a number in [0, 1)", [](double v) { return v >= 0.0 && v < 1.0; });
+       },
+       get_double(&C::sparsity)},
+      {{"initial_sparsity", "initial-sparsity", "FLOAT",
+        "magnitude, dns: sparsity at the start of the cubic schedule, in [0, sparsity]"},
+       [](C& c, S t, S w) {
+         c.initial_sparsity =
+             parse_double(t, w, "a number in [0, 1)", [](double v) { return v >= 0.0 && v < 1.0; });
+       },
+       get_double(&C::initial_sparsity)},
+      {{"prune_distribution", "prune-distribution", "NAME",
+        "how the sparsity is spread over layers: uniform, erk (Erdos-Renyi-kernel) or global (magnitude only)"},
+       [](C& c, S t, S w) { c.prune_distribution = parse_choice(t, w, {"uniform", "erk", "global"}); },
+       get_str(&C::prune_distribution)},
+      {{"prune_every", "prune-every", "N", "steps between mask updates (delta T)"},
+       pos_int(&C::prune_every, 1, "an integer >= 1"),
+       get_int(&C::prune_every)},
+      {{"prune_begin", "prune-begin", "FLOAT",
+        "fraction of the run at which pruning starts; -1 = the policy's default (magnitude, dns 0.1; rigl 0)"},
+       [](C& c, S t, S w) {
+         c.prune_begin = parse_double(t, w, "a fraction in [0, 1], or -1 for the default",
+                                      [](double v) { return v == -1.0 || (v >= 0.0 && v <= 1.0); });
+       },
+       get_double(&C::prune_begin)},
+      {{"prune_end", "prune-end", "FLOAT",
+        "fraction of the run at which the sparsity schedule ends (rigl: stops updating); -1 = default 0.75"},
+       [](C& c, S t, S w) {
+         c.prune_end = parse_double(t, w, "a fraction in [0, 1], or -1 for the default",
+                                    [](double v) { return v == -1.0 || (v >= 0.0 && v <= 1.0); });
+       },
+       get_double(&C::prune_end)},
+      {{"rigl_alpha", "rigl-alpha", "FLOAT", "rigl: initial fraction of active weights dropped at an update"},
+       [](C& c, S t, S w) {
+         c.rigl_alpha = parse_double(t, w, "a number in (0, 1]", [](double v) { return v > 0.0 && v <= 1.0; });
+       },
+       get_double(&C::rigl_alpha)},
+      {{"prune_first_last", "prune-first-last", "", "also prune the first convolution and the last linear layer"},
+       set_bool(&C::prune_first_last),
+       get_bool(&C::prune_first_last)},
+      {{"kernels", "kernels", "NAME",
+        "convolution kernels of a pruned run: auto (per layer and phase, the faster by the calibrated cost "
+        "model), sparse (always the sparse kernels) or dense (always oneDNN, multiplying pruned zeros)"},
+       [](C& c, S t, S w) { c.kernels = parse_choice(t, w, {"auto", "dense", "sparse"}); },
+       get_str(&C::kernels)},
+      {{"calibration", "calibration", "FILE",
+        "kernel cost model written by `trainer calibrate`; none = the built-in defaults"},
+       set_path(&C::calibration),
+       get_str(&C::calibration)},
       {{"ops_summary", "no-ops-summary", "", "do not print the per-layer table of MACs and times at the end",
         /*negated=*/true},
        set_bool(&C::ops_summary),
@@ -386,6 +441,12 @@ void validate(const RunConfig& c) {
       "config: data 'cifar10' needs 'data_dir', the folder of data_batch_1.bin .. test_batch.bin (the "
       "default is Fashion-MNIST's folder)");
   TRAINER_CHECK(c.synthetic_shape.size() == 3, "config: 'synthetic_shape' must be CxHxW");
+  TRAINER_CHECK(c.initial_sparsity <= c.sparsity,
+                "config: 'initial_sparsity' ({}) must not exceed 'sparsity' ({})", c.initial_sparsity, c.sparsity);
+  TRAINER_CHECK(c.prune_distribution != "global" || c.prune == "magnitude" || c.prune == "none",
+                "config: 'prune_distribution' global works with prune 'magnitude' only (prune is '{}')", c.prune);
+  TRAINER_CHECK(c.prune_begin < 0.0 || c.prune_end < 0.0 || c.prune_begin <= c.prune_end,
+                "config: 'prune_begin' ({}) is after 'prune_end' ({})", c.prune_begin, c.prune_end);
 }
 
 int64_t warmup_steps_for(const RunConfig& cfg, int64_t steps_per_epoch) {
@@ -403,6 +464,8 @@ nlohmann::json to_json(const RunConfig& c) {
   j["stop_after"] = c.stop_after;
   j["progress"] = c.progress;
   j["ops_summary"] = c.ops_summary;
+  j["kernels"] = c.kernels;
+  j["calibration"] = c.calibration;
   return j;
 }
 
@@ -434,6 +497,17 @@ nlohmann::json recipe_json(const RunConfig& c) {
   j["augment_crop"] = c.augment_crop;
   j["augment_flip"] = c.augment_flip;
   j["max_steps"] = c.max_steps;
+  j["prune"] = c.prune;
+  if (c.prune != "none") {
+    j["sparsity"] = c.sparsity;
+    j["initial_sparsity"] = c.initial_sparsity;
+    j["prune_distribution"] = c.prune_distribution;
+    j["prune_every"] = c.prune_every;
+    j["prune_begin"] = c.prune_begin;
+    j["prune_end"] = c.prune_end;
+    j["rigl_alpha"] = c.rigl_alpha;
+    j["prune_first_last"] = c.prune_first_last;
+  }
   return j;
 }
 

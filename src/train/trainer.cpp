@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <omp.h>
 
+#include <array>
 #include <cmath>
 #include <optional>
 
@@ -10,9 +11,12 @@
 #include "core/rng.hpp"
 #include "core/timer.hpp"
 #include "data/dataset.hpp"
+#include "nn/layers/conv2d.hpp"
+#include "nn/layers/linear.hpp"
 #include "nn/loss.hpp"
 #include "nn/models.hpp"
 #include "ops/op_stream.hpp"
+#include "sparsity/policy.hpp"
 #include "train/checkpoint.hpp"
 #include "train/metrics.hpp"
 #include "train/optimizer.hpp"
@@ -116,6 +120,96 @@ std::string divergence_message(const char* what, double value, int64_t step, int
       what, shown, step, epoch, epochs, batch, batches, lr, saved, cfg.lr / 10.0);
 }
 
+// The pruner's view of the model: conv and linear weights in model order (so the first conv and the last
+// linear are the first and last tensors), with their SGD momentum buffers.
+std::vector<PrunableTensor> prunable_tensors(Graph& graph, Sgd& sgd, const std::vector<Param*>& params) {
+  std::vector<PrunableTensor> out;
+  auto momentum_of = [&](const Param* p) -> Tensor* {
+    auto& bufs = sgd.momentum_buffers();
+    for (size_t i = 0; i < params.size() && i < bufs.size(); ++i)
+      if (params[i] == p) return bufs[i].empty() ? nullptr : &bufs[i];
+    return nullptr;
+  };
+  for (size_t i = 0; i < graph.size(); ++i) {
+    Param* w = nullptr;
+    if (auto* conv = dynamic_cast<Conv2d*>(&graph.layer(static_cast<int>(i)))) w = &conv->weight();
+    if (auto* fc = dynamic_cast<Linear*>(&graph.layer(static_cast<int>(i)))) w = &fc->weight();
+    if (w) out.push_back({w->name, &w->value, &w->grad, momentum_of(w), false});
+  }
+  return out;
+}
+
+PruningOptions pruning_options(const RunConfig& cfg, int64_t total_steps) {
+  PruningOptions po;
+  po.sparsity = cfg.sparsity;
+  po.initial_sparsity = cfg.initial_sparsity;
+  po.distribution = cfg.prune_distribution;
+  po.total_steps = total_steps;
+  po.update_every = cfg.prune_every;
+  const auto at = [&](double fraction) {
+    return static_cast<int64_t>(std::llround(fraction * static_cast<double>(total_steps)));
+  };
+  if (cfg.prune_begin >= 0.0) po.begin_step = at(cfg.prune_begin);
+  if (cfg.prune_end >= 0.0) po.end_step = at(cfg.prune_end);
+  po.rigl_alpha = cfg.rigl_alpha;
+  po.keep_first_last_dense = !cfg.prune_first_last;
+  po.seed = cfg.seed;
+  return po;
+}
+
+// Points every convolution at its mask (nullptr for the dense ones) and the run's context; called when
+// the masks moved, since a policy may replace a mask's storage.
+void connect_masks(Graph& graph, const PruningPolicy* policy, const SparsityContext* ctx) {
+  for (size_t i = 0; i < graph.size(); ++i) {
+    auto* conv = dynamic_cast<Conv2d*>(&graph.layer(static_cast<int>(i)));
+    if (!conv) continue;
+    const uint8_t* keep = nullptr;
+    if (policy) {
+      for (size_t t = 0; t < policy->size(); ++t)
+        if (policy->tensor(t).weight == &conv->weight().value && policy->is_prunable(t))
+          keep = policy->mask(t).data();
+    }
+    conv->set_sparsity(keep, ctx);
+  }
+}
+
+// Work counters of a span of steps, per phase (ff, bp, wg), for the metrics file.
+struct PhaseWork {
+  uint64_t dense = 0, executed = 0, pruned = 0, zero_activation = 0, zero_error = 0, masked_output = 0;
+  uint64_t time_ns = 0;
+};
+using WorkByPhase = std::array<PhaseWork, 3>;
+
+void add_work(WorkByPhase& w, const std::vector<Op>& ops) {
+  for (const Op& op : ops) {
+    if (op.dense_macs == 0 || static_cast<int>(op.phase) > 2) continue;
+    PhaseWork& p = w[static_cast<int>(op.phase)];
+    p.dense += op.dense_macs;
+    p.executed += op.executed_macs;
+    p.pruned += op.skipped_pruned;
+    p.zero_activation += op.skipped_zero_activation;
+    p.zero_error += op.skipped_zero_error;
+    p.masked_output += op.skipped_masked_output;
+    p.time_ns += op.time_ns;
+  }
+}
+
+nlohmann::json work_json(const WorkByPhase& w) {
+  nlohmann::json j = nlohmann::json::object();
+  const char* names[3] = {"ff", "bp", "wg"};
+  for (int i = 0; i < 3; ++i) {
+    const PhaseWork& p = w[i];
+    j[names[i]] = {{"dense_macs", p.dense},
+                   {"executed_macs", p.executed},
+                   {"skipped_pruned", p.pruned},
+                   {"skipped_zero_activation", p.zero_activation},
+                   {"skipped_zero_error", p.zero_error},
+                   {"skipped_masked_output", p.masked_output},
+                   {"seconds", static_cast<double>(p.time_ns) * 1e-9}};
+  }
+  return j;
+}
+
 }  // namespace
 
 RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
@@ -135,6 +229,11 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
   const int64_t steps_taken = cfg.max_steps > 0 ? std::min(cfg.max_steps, steps_per_epoch) : steps_per_epoch;
 
   std::unique_ptr<Graph> graph = build_model(cfg.model, image, classes, ModelOptions{cfg.width});
+  // Sparse training: the network runs in the sparse kernels' layout (NCHW16n) end to end unless the run
+  // asked for oneDNN only.
+  const bool pruned_run = cfg.prune != "none";
+  const bool sparse_layout = pruned_run ? cfg.kernels != "dense" : cfg.kernels == "sparse";
+  if (sparse_layout) graph->set_input_layout(Layout::NCHW16n);
   const Shape out_shape = graph->check({cfg.batch_size, image[0], image[1], image[2]});
   TRAINER_CHECK(out_shape == Shape({cfg.batch_size, classes}),
                 "model '{}' produces {} for a batch of {}, expected logits [{}, {}]", cfg.model,
@@ -163,10 +262,28 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
   info.classes = classes;
   info.recipe = recipe_json(cfg);
 
+  ConvCostModel cost_model = cfg.calibration.empty() ? ConvCostModel::defaults()
+                                                     : ConvCostModel::load(cfg.calibration);
+  SparsityContext sctx;
+  sctx.mode = parse_kernel_mode(cfg.kernels);
+  sctx.cost = &cost_model;
+  std::unique_ptr<PruningPolicy> policy;
+  if (pruned_run) policy = make_policy(cfg.prune, pruning_options(cfg, cfg.epochs * steps_taken));
+
   int64_t start_epoch = 0, global_step = 0;
+  std::optional<Checkpoint> resumed;
   if (!cfg.resume.empty()) {
-    const Checkpoint ck = read_checkpoint(cfg.resume);
+    resumed = read_checkpoint(cfg.resume);
+    const Checkpoint& ck = *resumed;
     restore_checkpoint(ck, cfg.resume, *graph, &sgd);
+    const auto blob = ck.blobs.find("pruning");
+    TRAINER_CHECK(pruned_run || blob == ck.blobs.end(),
+                  "checkpoint '{}' was written by a pruned run (prune '{}'); resume it with the same --prune",
+                  cfg.resume, ck.info.recipe.value("prune", std::string("?")));
+    TRAINER_CHECK(!pruned_run || blob != ck.blobs.end(),
+                  "checkpoint '{}' holds no pruning state (it was written by a dense run); resume it without "
+                  "--prune, or start the pruned run afresh",
+                  cfg.resume);
     TRAINER_CHECK(ck.info.global_step == ck.info.epoch * steps_taken,
                   "checkpoint '{}' is at step {} after {} epochs, but this run takes {} steps per epoch (did "
                   "--batch-size, --subset, --max-steps or the data change?)",
@@ -183,6 +300,16 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
     global_step = ck.info.global_step;
   }
   const int64_t last_epoch = cfg.stop_after > 0 ? cfg.stop_after : cfg.epochs;
+  if (policy) {
+    std::vector<PrunableTensor> tensors = prunable_tensors(*graph, sgd, params);
+    if (resumed)
+      policy->attach(std::move(tensors), resumed->blobs.at("pruning"));
+    else
+      policy->attach(std::move(tensors));
+    sctx.mask_generation = policy->generation();
+  }
+  resumed.reset();
+  if (sparse_layout) connect_masks(*graph, policy.get(), &sctx);
 
   fmt::print(out, "model {} ({} parameters) on {}: {} training / {} test images {}, {} classes\n", cfg.model,
              graph->num_parameters(), cfg.data, data.train.size(), data.test.size(), shape_str(image),
@@ -192,6 +319,13 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
              "threads {}; seed {}\n",
              cfg.epochs, steps_per_epoch, cfg.batch_size, cfg.lr, cfg.momentum,
              cfg.nesterov ? " (nesterov)" : "", cfg.weight_decay, cfg.schedule, cfg.threads, cfg.seed);
+  if (policy)
+    fmt::print(out,
+               "pruning: {} to {:.0f}% weight sparsity ({} distribution, mask updates every {} steps from step {} "
+               "to {}); kernels {} ({}, cost model: {})\n",
+               cfg.prune, 100.0 * cfg.sparsity, cfg.prune_distribution, cfg.prune_every, policy->begin_step(),
+               policy->end_step(), cfg.kernels, sparse_layout ? "NCHW16n activations" : "oneDNN on nChw16c",
+               cost_model.source);
   if (start_epoch > 0) fmt::print(out, "resumed from '{}' after epoch {}\n", cfg.resume, start_epoch);
   std::fflush(out);
 
@@ -217,10 +351,12 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
     progress.start_epoch(epoch + 1, cfg.epochs, steps_taken);
     double loss_sum = 0.0;
     int64_t correct = 0, seen = 0;
+    WorkByPhase epoch_work{};
     for (int64_t b = 0; b < steps_taken; ++b) {
       ops.begin_step();
       ops.capture_nonzeros(hooks.wants_nonzeros && hooks.wants_nonzeros(global_step));
       train_loader.batch(b, x, labels);
+      sctx.dense_wg = policy && policy->needs_dense_wg(global_step);
       const Tensor& logits = graph->forward(x, /*training=*/true, &ops);
 
       const uint64_t loss_t0 = now_ns();
@@ -241,7 +377,30 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
       ops.record(std::move(loss_op));
 
       graph->backward(dlogits, &ops);
+      uint64_t prune_ns = 0;
+      if (policy) {
+        const uint64_t t0 = now_ns();
+        policy->before_update(global_step);
+        prune_ns += now_ns() - t0;
+      }
       sgd.step(static_cast<float>(lr), &ops, static_cast<float>(schedule.momentum(global_step)));
+      if (policy) {
+        const uint64_t t0 = now_ns();
+        policy->after_update(global_step);
+        if (policy->generation() != sctx.mask_generation) {
+          sctx.mask_generation = policy->generation();
+          connect_masks(*graph, policy.get(), &sctx);
+        }
+        prune_ns += now_ns() - t0;
+        Op prune_op;
+        prune_op.layer = -2;
+        prune_op.layer_name = "pruner";
+        prune_op.kind = "prune";
+        prune_op.phase = Phase::update;
+        prune_op.time_ns = prune_ns;
+        ops.record(std::move(prune_op));
+      }
+      add_work(epoch_work, ops.step_ops());
       if (hooks.on_step) hooks.on_step(global_step, ops.step_ops());
       ++global_step;
 
@@ -286,20 +445,32 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
     line["lr"] = lr;
     line["images_per_s"] = static_cast<double>(seen) / train_s;
     line["seconds"] = seconds;
+    line["work"] = work_json(epoch_work);
+    if (policy) {
+      line["sparsity"] = policy->sparsity();
+      line["overall_sparsity"] = policy->overall_sparsity();
+      line["scheduled_sparsity"] = policy->scheduled_sparsity(global_step - 1);
+      line["mask_updates"] = policy->stats().mask_updates;
+      line["dense_wg_steps"] = policy->stats().dense_wg_steps;
+    }
     metrics.write(line);
 
     std::string test_part =
         eval_now ? fmt::format("test loss {:.4f} acc {:6.2f}%", last_eval->loss, 100.0 * last_eval->acc)
                  : std::string("test -");
-    fmt::print(out, "epoch {:>3}/{}  train loss {:.4f} acc {:6.2f}%  {}  lr {:.4g}  {:.0f} img/s  {:.1f} s\n",
-               epoch + 1, cfg.epochs, result.train_loss, 100.0 * result.train_acc, test_part, lr,
+    const std::string sparsity_part =
+        policy ? fmt::format("  sparsity {:.1f}%", 100.0 * policy->sparsity()) : std::string();
+    fmt::print(out, "epoch {:>3}/{}  train loss {:.4f} acc {:6.2f}%  {}  lr {:.4g}{}  {:.0f} img/s  {:.1f} s\n",
+               epoch + 1, cfg.epochs, result.train_loss, 100.0 * result.train_acc, test_part, lr, sparsity_part,
                static_cast<double>(seen) / train_s, seconds);
     std::fflush(out);
 
     if (!cfg.checkpoint.empty()) {
       info.epoch = epoch + 1;
       info.global_step = global_step;
-      write_checkpoint(cfg.checkpoint, capture_checkpoint(*graph, &sgd, info));
+      Checkpoint ck = capture_checkpoint(*graph, &sgd, info);
+      if (policy) ck.blobs["pruning"] = policy->save_state();
+      write_checkpoint(cfg.checkpoint, ck);
       saved_epoch = epoch + 1;
     }
     result.epochs_completed = epoch + 1;
@@ -324,6 +495,10 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
   if (cfg.ops_summary && result.images > 0)
     fmt::print(out, "\nper-layer work and time over the run's training steps:\n{}",
                format_op_summary(ops, static_cast<uint64_t>(result.images)));
+  if (cfg.ops_summary && result.images > 0 && sparse_layout)
+    fmt::print(out, "\nsparse work per layer and phase (shares of the dense multiplies; GMAC/s = dense-equivalent "
+                    "rate):\n{}",
+               format_sparse_summary(ops, static_cast<uint64_t>(result.images)));
   std::fflush(out);
   return result;
 }

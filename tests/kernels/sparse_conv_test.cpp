@@ -259,6 +259,39 @@ TEST(SparseWeights, RepackTakesNewValuesKeepsStructure) {
   EXPECT_EQ(nz.nnz(), w.numel());
 }
 
+// A regression: each build overload once had its own version counter, so two structures built by
+// different overloads could share a version and a scratch reused between them kept stale tap offsets.
+TEST(SparseWeights, EveryBuildGetsItsOwnVersionWhateverTheOverload) {
+  Rng rng(11);
+  Tensor w({16, 16, 3, 3});
+  for (int64_t i = 0; i < w.numel(); ++i) w.data()[i] = static_cast<float>(rng.uniform() - 0.5);
+  std::vector<uint8_t> keep(static_cast<size_t>(w.numel()));
+  for (int64_t i = 0; i < w.numel(); ++i) keep[i] = i % 5 == 0;
+  SparseWeights full, part, nz;
+  full.build(w, static_cast<const uint8_t*>(nullptr), 1, 1);
+  part.build(w, keep.data(), 1, 1);
+  nz.build_from_nonzeros(w, 1, 1);
+  EXPECT_NE(full.structure_version(), part.structure_version());
+  EXPECT_NE(full.structure_version(), nz.structure_version());
+  EXPECT_NE(part.structure_version(), nz.structure_version());
+  EXPECT_EQ(full.nnz(), w.numel());
+
+  // One scratch, the sparse structure first, then the full one: the full WG equals the reference.
+  Tensor x({16, 16, 6, 6}), dy({16, 16, 6, 6});
+  for (Tensor* t : {&x, &dy})
+    for (int64_t i = 0; i < t->numel(); ++i) t->data()[i] = static_cast<float>(rng.uniform() - 0.5);
+  const Tensor x16 = x.to_layout(Layout::NCHW16n), dy16 = dy.to_layout(Layout::NCHW16n);
+  const ConvGeom g{16, 16, 6, 6, 16, 3, 3, 1, 1};
+  std::vector<double> xd(x.data(), x.data() + x.numel()), dyd(dy.data(), dy.data() + dy.numel());
+  std::vector<double> dwd(static_cast<size_t>(w.numel()));
+  conv2d_wg_ref<double>(g, xd.data(), dyd.data(), dwd.data(), nullptr);
+  SparseConvScratch scratch;
+  Tensor dw;
+  sparse_conv_wg(x16, dy16, part, dw, nullptr, scratch);
+  sparse_conv_wg(x16, dy16, full, dw, nullptr, scratch);
+  for (int64_t i = 0; i < w.numel(); ++i) ASSERT_NEAR(dw.data()[i], dwd[i], 1e-4 * (1 + std::abs(dwd[i]))) << i;
+}
+
 TEST(SparseConv, MatchesReferenceOnRandomShapesAndDensities) {
   Rng pick(11);
   const double densities[] = {0.0, 0.05, 0.5, 1.0};

@@ -62,24 +62,136 @@ Shape Conv2d::infer_shape(const std::vector<Shape>& in) const {
   return {s[0], K_, (s[2] + 2 * pad_ - R_) / stride_ + 1, (s[3] + 2 * pad_ - R_) / stride_ + 1};
 }
 
+KernelMode parse_kernel_mode(const std::string& name) {
+  if (name == "auto") return KernelMode::auto_;
+  if (name == "dense") return KernelMode::dense;
+  if (name == "sparse") return KernelMode::sparse;
+  fail("unknown kernel mode '{}'; expected auto, dense or sparse", name);
+}
+
+void Conv2d::set_sparsity(const uint8_t* keep, const SparsityContext* ctx) {
+  keep_ = keep;
+  ctx_ = ctx;
+  sw_built_ = false;
+}
+
+void Conv2d::refresh_sparse_weights() {
+  const uint64_t gen = ctx_ ? ctx_->mask_generation : 0;
+  if (!sw_built_ || gen != sw_generation_) {
+    sw_.build(weight_.value, keep_, stride_, pad_);
+    sw_built_ = true;
+    sw_generation_ = gen;
+  } else {
+    sw_.repack(weight_.value);
+  }
+}
+
+ConvKernel Conv2d::pick(ConvPhase phase, const ConvGeom& g, double density) const {
+  const KernelMode mode = ctx_ ? ctx_->mode : KernelMode::auto_;
+  if (mode == KernelMode::dense) return ConvKernel::dense;
+  if (mode == KernelMode::sparse) return ConvKernel::sparse;
+  static const ConvCostModel fallback = ConvCostModel::defaults();
+  const ConvCostModel& cost = ctx_ && ctx_->cost ? *ctx_->cost : fallback;
+  return cost.choose(phase, g, density, /*activations_nchw16n=*/true);
+}
+
+void Conv2d::record(ConvPhase phase, ConvKernel k, const SparseCounters& c) {
+  last_[static_cast<int>(phase)] = {k, c};
+}
+
+namespace {
+
+// What a dense kernel did: every multiply executed.
+SparseCounters dense_counters(const ConvGeom& g) {
+  SparseCounters c;
+  c.dense_macs = g.macs();
+  c.executed_macs = c.dense_macs;
+  return c;
+}
+
+}  // namespace
+
 void Conv2d::ff(const std::vector<const Tensor*>& x, Tensor& y, bool /*training*/) {
   TRAINER_CHECK(x.size() == 1 && x[0], "conv2d '{}': needs one input", name());
-  check_input(x[0]->shape());
-  dnnl_.ff(*x[0], weight_.value, has_bias_ ? &bias_.value : nullptr, y);
+  const Tensor& in = *x[0];
+  check_input(in.shape());
+  const ConvGeom g = dnnl_.geom(in.shape());
+  const Tensor* b = has_bias_ ? &bias_.value : nullptr;
+  if (in.layout() != Layout::NCHW16n) {
+    dnnl_.ff(in, weight_.value, b, y);
+    record(ConvPhase::ff, ConvKernel::dense, dense_counters(g));
+    return;
+  }
+  refresh_sparse_weights();
+  const ConvKernel k = pick(ConvPhase::ff, g, sw_.density());
+  if (k == ConvKernel::sparse) {
+    ConvEpilogue epi;
+    epi.bias = b ? b->data() : nullptr;
+    record(ConvPhase::ff, k, sparse_conv_ff(in, sw_, y, scratch_ff_, {}, epi));
+  } else {
+    xr_ = in.to_layout(Layout::nChw16c);
+    dnnl_.ff(xr_, weight_.value, b, yr_);
+    y = yr_.to_layout(Layout::NCHW16n);
+    record(ConvPhase::ff, k, dense_counters(g));
+  }
 }
 
 void Conv2d::bp(const std::vector<const Tensor*>& x, const Tensor& /*y*/, const Tensor& dy,
                 const std::vector<Tensor*>& dx) {
   TRAINER_CHECK(x.size() == 1 && x[0] && dx.size() == 1, "conv2d '{}': needs one input", name());
   if (!dx[0]) return;
-  check_input(x[0]->shape());
-  dnnl_.bp(*x[0], dy, weight_.value, *dx[0]);
+  const Tensor& in = *x[0];
+  check_input(in.shape());
+  const ConvGeom g = dnnl_.geom(in.shape());
+  if (in.layout() != Layout::NCHW16n) {
+    dnnl_.bp(in, dy, weight_.value, *dx[0]);
+    record(ConvPhase::bp, ConvKernel::dense, dense_counters(g));
+    return;
+  }
+  TRAINER_CHECK(dy.layout() == Layout::NCHW16n, "conv2d '{}': the output gradient is {}, expected NCHW16n",
+                name(), layout_name(dy.layout()));
+  const ConvKernel k = pick(ConvPhase::bp, g, sw_.density());
+  if (k == ConvKernel::sparse) {
+    record(ConvPhase::bp, k, sparse_conv_bp(dy, sw_, in.shape(), *dx[0], scratch_bp_));
+  } else {
+    // oneDNN's bp reads only x's shape and layout; ff may not have reordered x (it ran sparse).
+    if (xr_.shape() != in.shape() || xr_.layout() != Layout::nChw16c) xr_.resize(in.shape(), Layout::nChw16c);
+    dyr_ = dy.to_layout(dnnl_.y_layout());
+    dnnl_.bp(xr_, dyr_, weight_.value, dxr_);
+    *dx[0] = dxr_.to_layout(Layout::NCHW16n);
+    record(ConvPhase::bp, k, dense_counters(g));
+  }
 }
 
 void Conv2d::wg(const std::vector<const Tensor*>& x, const Tensor& /*y*/, const Tensor& dy) {
   TRAINER_CHECK(x.size() == 1 && x[0], "conv2d '{}': needs one input", name());
-  check_input(x[0]->shape());
-  dnnl_.wg(*x[0], dy, weight_.grad, has_bias_ ? &bias_.grad : nullptr);
+  const Tensor& in = *x[0];
+  check_input(in.shape());
+  const ConvGeom g = dnnl_.geom(in.shape());
+  Tensor* db = has_bias_ ? &bias_.grad : nullptr;
+  if (in.layout() != Layout::NCHW16n) {
+    dnnl_.wg(in, dy, weight_.grad, db);
+    record(ConvPhase::wg, ConvKernel::dense, dense_counters(g));
+    return;
+  }
+  TRAINER_CHECK(dy.layout() == Layout::NCHW16n, "conv2d '{}': the output gradient is {}, expected NCHW16n",
+                name(), layout_name(dy.layout()));
+  // A dense WG (every position, pruned ones included) when the pruner asks for it this step.
+  const bool dense_wg = keep_ != nullptr && ctx_ && ctx_->dense_wg;
+  const SparseWeights* structure = &sw_;
+  if (dense_wg) {
+    if (sw_full_.empty() || sw_full_.K() != K_) sw_full_.build(weight_.value, nullptr, stride_, pad_);
+    structure = &sw_full_;
+  }
+  const ConvKernel k = pick(ConvPhase::wg, g, structure->density());
+  if (k == ConvKernel::sparse) {
+    record(ConvPhase::wg, k, sparse_conv_wg(in, dy, *structure, weight_.grad, db, scratch_wg_));
+  } else {
+    xr_ = in.to_layout(Layout::nChw16c);
+    dyr_ = dy.to_layout(dnnl_.y_layout());
+    dnnl_.wg(xr_, dyr_, weight_.grad, db);
+    record(ConvPhase::wg, k, dense_counters(g));
+  }
 }
 
 std::vector<Param*> Conv2d::params() {
@@ -96,8 +208,18 @@ Op Conv2d::describe(Phase phase, const std::vector<const Tensor*>& x, const Tens
     const Shape& s = x[0]->shape();
     const ConvGeom g{s[0], s[1], s[2], s[3], K_, R_, R_, stride_, pad_};
     // ff, bp and wg each visit every (n, k, p, q, c, r, s) once.
-    if (phase == Phase::ff || phase == Phase::bp || phase == Phase::wg)
+    if (phase == Phase::ff || phase == Phase::bp || phase == Phase::wg) {
       op.dense_macs = static_cast<uint64_t>(g.macs());
+      const Last& l = last_[static_cast<int>(phase)];
+      if (static_cast<uint64_t>(l.counters.dense_macs) == op.dense_macs) {
+        op.kernel = conv_kernel_name(l.kernel);
+        op.executed_macs = static_cast<uint64_t>(l.counters.executed_macs);
+        op.skipped_pruned = static_cast<uint64_t>(l.counters.skipped_pruned);
+        op.skipped_zero_activation = static_cast<uint64_t>(l.counters.skipped_zero_activation);
+        op.skipped_zero_error = static_cast<uint64_t>(l.counters.skipped_zero_error);
+        op.skipped_masked_output = static_cast<uint64_t>(l.counters.skipped_masked_output);
+      }
+    }
   }
   return op;
 }

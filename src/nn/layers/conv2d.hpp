@@ -1,15 +1,38 @@
 // Conv2d: 2-D convolution, y = x * w (+ b), square kernel, one stride and one padding for both sides.
-// x: [N, C, H, W] plain or nChw16c; w: [K, C, R, S] (R = S = kernel); y: [N, K, P, Q], written nChw16c
-// when K is a multiple of 16 (what the next convolution reads without a reorder), else plain.
+// x: [N, C, H, W] plain, nChw16c or NCHW16n; w: [K, C, R, S] (R = S = kernel).
+//  - x plain or nChw16c: oneDNN; y: [N, K, P, Q] written nChw16c when K is a multiple of 16 (what the
+//    next convolution reads without a reorder), else plain.
+//  - x NCHW16n (sparse training): y is NCHW16n, and each phase runs the kernel the cost model expects to
+//    be faster for the weight density (ConvSparsity): the sparse kernels (kernels/sparse_conv.hpp), which
+//    execute only the multiplies of kept weights on nonzero planes, or oneDNN through reorders.
 #pragma once
 
+#include <array>
 #include <string>
 #include <vector>
 
+#include "kernels/conv_choice.hpp"
 #include "kernels/conv_dnnl.hpp"
+#include "kernels/sparse_conv.hpp"
+#include "kernels/sparse_weights.hpp"
 #include "nn/layer.hpp"
 
 namespace trainer {
+
+// Which kernels a convolution on NCHW16n activations may use.
+//  auto_:  per phase, the one the cost model expects to be faster (the default);
+//  dense:  oneDNN always (through reorders); sparse: the sparse kernels always.
+enum class KernelMode : uint8_t { auto_ = 0, dense = 1, sparse = 2 };
+KernelMode parse_kernel_mode(const std::string& name);  // "auto" | "dense" | "sparse"
+
+// What the training loop tells every convolution about the current step; one object per model, owned by
+// the loop, read by the layers.
+struct SparsityContext {
+  uint64_t mask_generation = 0;  // changes whenever any mask may have changed (the layers rebuild)
+  bool dense_wg = false;         // this step's WG must cover pruned positions too (dns; rigl updates)
+  KernelMode mode = KernelMode::auto_;
+  const ConvCostModel* cost = nullptr;  // nullptr: ConvCostModel::defaults()
+};
 
 class Conv2d : public Layer {
  public:
@@ -37,6 +60,14 @@ class Conv2d : public Layer {
   bool has_bias() const { return has_bias_; }
   Param& weight() { return weight_; }
   Param& bias() { return bias_; }  // empty tensors when !has_bias()
+  // Weight sparsity: keep = one byte per weight (OIHW, nonzero = kept), owned by the pruner and valid
+  // while ctx->mask_generation is unchanged; nullptr = all kept. ctx: the run's context (nullptr = off:
+  // auto choice with the default cost model). The weight must hold zero at pruned positions.
+  void set_sparsity(const uint8_t* keep, const SparsityContext* ctx);
+  // The kernel the last call of each phase ran, and its multiply counters.
+  ConvKernel last_kernel(ConvPhase p) const { return last_[static_cast<int>(p)].kernel; }
+  const SparseCounters& last_counters(ConvPhase p) const { return last_[static_cast<int>(p)].counters; }
+
   // The oneDNN implementations chosen for this input (for logs and benchmarks).
   std::string implementations(const Tensor& x) { return dnnl_.implementations(x); }
 
@@ -44,10 +75,29 @@ class Conv2d : public Layer {
   // Throws trainer::Error naming this layer unless x is [N, C, H, W] with the kernel fitting.
   void check_input(const Shape& x) const;
 
+  // The compressed weights, rebuilt when the mask moved and repacked with the step's values otherwise.
+  void refresh_sparse_weights();
+  ConvKernel pick(ConvPhase phase, const ConvGeom& g, double density) const;
+  void record(ConvPhase phase, ConvKernel k, const SparseCounters& c);
+
   int64_t C_, K_, R_, stride_, pad_;
   bool has_bias_;
   Param weight_, bias_;
   ConvDnnl dnnl_;
+
+  const uint8_t* keep_ = nullptr;
+  const SparsityContext* ctx_ = nullptr;
+  SparseWeights sw_;       // the weight's kept taps
+  bool sw_built_ = false;
+  uint64_t sw_generation_ = 0;
+  SparseWeights sw_full_;  // every tap: a dense WG on the sparse kernels
+  SparseConvScratch scratch_ff_, scratch_bp_, scratch_wg_;
+  Tensor xr_, yr_, dyr_, dxr_;  // activations reordered for oneDNN (dense kernel on NCHW16n)
+  struct Last {
+    ConvKernel kernel = ConvKernel::dense;
+    SparseCounters counters;
+  };
+  std::array<Last, 3> last_{};
 };
 
 }  // namespace trainer

@@ -1,0 +1,474 @@
+#include "kernels/conv_choice.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+#include <utility>
+
+#include "core/error.hpp"
+#include "core/rng.hpp"
+#include "core/tensor.hpp"
+#include "core/timer.hpp"
+#include "kernels/conv_dnnl.hpp"
+#include "kernels/sparse_conv.hpp"
+#include "kernels/sparse_weights.hpp"
+
+namespace trainer {
+
+const char* conv_kernel_name(ConvKernel k) { return k == ConvKernel::dense ? "dense" : "sparse"; }
+
+const char* conv_phase_name(ConvPhase p) {
+  switch (p) {
+    case ConvPhase::ff: return "ff";
+    case ConvPhase::bp: return "bp";
+    case ConvPhase::wg: return "wg";
+  }
+  return "?";
+}
+
+namespace {
+
+constexpr ConvPhase kPhases[3] = {ConvPhase::ff, ConvPhase::bp, ConvPhase::wg};
+constexpr ConvKernel kKernels[2] = {ConvKernel::dense, ConvKernel::sparse};
+constexpr const char* kCoeffNames[3] = {"ns_per_call", "ns_per_mac", "ns_per_elem"};
+constexpr int kFormatVersion = 1;
+
+double& coeff_ref(KernelCoeffs& c, int i) { return i == 0 ? c.ns_per_call : i == 1 ? c.ns_per_mac : c.ns_per_elem; }
+double coeff_val(const KernelCoeffs& c, int i) {
+  return i == 0 ? c.ns_per_call : i == 1 ? c.ns_per_mac : c.ns_per_elem;
+}
+
+}  // namespace
+
+double conv_activation_elems(ConvPhase /*phase*/, const ConvGeom& g) {
+  // ff: x + y; bp: dy + dx; wg: x + dy: the input-sized and the output-sized operand in every phase.
+  return static_cast<double>(g.N) *
+         static_cast<double>(g.C * g.H * g.W + g.K * g.P() * g.Q());
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The model
+
+double ConvCostModel::estimate_ns(ConvPhase phase, ConvKernel kernel, const ConvGeom& g, double density,
+                                  bool reorder) const {
+  const KernelCoeffs& c = at(phase, kernel);
+  if (kernel == ConvKernel::dense || std::isnan(density)) density = 1.0;
+  density = std::clamp(density, 0.0, 1.0);
+  const double macs = density * static_cast<double>(g.macs());
+  const double elems = conv_activation_elems(phase, g);
+  double t = c.ns_per_call + c.ns_per_mac * macs + c.ns_per_elem * elems;
+  if (reorder) t += reorder_ns_per_elem * elems;
+  return t;
+}
+
+ConvKernel ConvCostModel::choose(ConvPhase phase, const ConvGeom& g, double density,
+                                 bool activations_nchw16n) const {
+  const double dense = estimate_ns(phase, ConvKernel::dense, g, 1.0, activations_nchw16n);
+  const double sparse = estimate_ns(phase, ConvKernel::sparse, g, density, !activations_nchw16n);
+  return sparse < dense ? ConvKernel::sparse : ConvKernel::dense;
+}
+
+double ConvCostModel::break_even_density(ConvPhase phase, const ConvGeom& g, bool activations_nchw16n) const {
+  const double dense = estimate_ns(phase, ConvKernel::dense, g, 1.0, activations_nchw16n);
+  const double fixed = estimate_ns(phase, ConvKernel::sparse, g, 0.0, !activations_nchw16n);
+  const double per_density = at(phase, ConvKernel::sparse).ns_per_mac * static_cast<double>(g.macs());
+  if (!(per_density > 0.0)) return fixed < dense ? 1.0 : 0.0;
+  const double d = (dense - fixed) / per_density;
+  return std::clamp(d, 0.0, 1.0);
+}
+
+// Fitted by `trainer calibrate --threads 2 --batch 64 --repeats 7` (see docs/sparse-training.md for the
+// measured times) on the development machine: a 2-core Intel Xeon VM with AVX-512, oneDNN 2.x.
+ConvCostModel ConvCostModel::defaults() {
+  ConvCostModel m;
+  // {ns_per_call, ns_per_mac, ns_per_elem}
+  m.at(ConvPhase::ff, ConvKernel::dense) = {0.0, 0.0, 0.0};
+  m.at(ConvPhase::ff, ConvKernel::sparse) = {0.0, 0.0, 0.0};
+  m.at(ConvPhase::bp, ConvKernel::dense) = {0.0, 0.0, 0.0};
+  m.at(ConvPhase::bp, ConvKernel::sparse) = {0.0, 0.0, 0.0};
+  m.at(ConvPhase::wg, ConvKernel::dense) = {0.0, 0.0, 0.0};
+  m.at(ConvPhase::wg, ConvKernel::sparse) = {0.0, 0.0, 0.0};
+  m.reorder_ns_per_elem = 0.0;
+  m.threads = 2;
+  m.source = "built-in defaults";
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// JSON
+
+namespace {
+
+using json = nlohmann::ordered_json;
+
+[[noreturn]] void bad_key(const std::string& path, const std::string& key, const std::string& what) {
+  fail("calibration '{}': key '{}' {}", path, key, what);
+}
+
+const json& member(const json& obj, const std::string& name, const std::string& path, const std::string& key) {
+  if (!obj.is_object()) bad_key(path, key.substr(0, key.rfind('.')), "must be an object");
+  const auto it = obj.find(name);
+  if (it == obj.end()) bad_key(path, key, "missing");
+  return *it;
+}
+
+double non_negative(const json& obj, const std::string& name, const std::string& path, const std::string& key) {
+  const json& v = member(obj, name, path, key);
+  if (!v.is_number() || !(v.get<double>() >= 0.0) || !std::isfinite(v.get<double>()))
+    bad_key(path, key, fmt::format("must be a non-negative number (got {})", v.dump()));
+  return v.get<double>();
+}
+
+}  // namespace
+
+ConvCostModel ConvCostModel::load(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  TRAINER_CHECK(in.good(), "calibration '{}': cannot open it", path);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  TRAINER_CHECK(!in.bad(), "calibration '{}': read failed", path);
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    fail("calibration '{}': not valid JSON (truncated?): {}", path, e.what());
+  }
+  TRAINER_CHECK(j.is_object(), "calibration '{}': expected a JSON object at the top level", path);
+
+  const json& version = member(j, "version", path, "version");
+  if (!version.is_number_integer() || version.get<int64_t>() != kFormatVersion)
+    bad_key(path, "version", fmt::format("must be {} (got {})", kFormatVersion, version.dump()));
+
+  ConvCostModel m;
+  m.source = path;
+  const json& threads = member(j, "threads", path, "threads");
+  if (!threads.is_number_integer() || threads.get<int64_t>() < 0 || threads.get<int64_t>() > 1 << 20)
+    bad_key(path, "threads", fmt::format("must be a non-negative integer (got {})", threads.dump()));
+  m.threads = static_cast<int>(threads.get<int64_t>());
+  m.reorder_ns_per_elem = non_negative(j, "reorder_ns_per_elem", path, "reorder_ns_per_elem");
+  for (ConvPhase p : kPhases) {
+    const std::string pk = conv_phase_name(p);
+    const json& pj = member(j, pk, path, pk);
+    if (!pj.is_object()) bad_key(path, pk, "must be an object");
+    for (ConvKernel k : kKernels) {
+      const std::string kk = pk + "." + conv_kernel_name(k);
+      const json& kj = member(pj, conv_kernel_name(k), path, kk);
+      if (!kj.is_object()) bad_key(path, kk, "must be an object");
+      for (int i = 0; i < 3; ++i)
+        coeff_ref(m.at(p, k), i) = non_negative(kj, kCoeffNames[i], path, kk + "." + kCoeffNames[i]);
+    }
+  }
+  return m;
+}
+
+void ConvCostModel::save(const std::string& path) const {
+  json j;
+  j["format"] = "trainer convolution cost model (docs/sparse-training.md)";
+  j["version"] = kFormatVersion;
+  j["threads"] = threads;
+  j["reorder_ns_per_elem"] = reorder_ns_per_elem;
+  for (ConvPhase p : kPhases)
+    for (ConvKernel k : kKernels) {
+      json c;
+      for (int i = 0; i < 3; ++i) c[kCoeffNames[i]] = coeff_val(at(p, k), i);
+      j[conv_phase_name(p)][conv_kernel_name(k)] = c;
+    }
+  const std::string text = j.dump(2) + "\n";
+  const std::string tmp = path + ".tmp";
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  TRAINER_CHECK(f != nullptr, "calibration '{}': cannot create '{}'", path, tmp);
+  const bool written = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  const bool closed = std::fclose(f) == 0;
+  if (!written || !closed || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    fail("calibration '{}': cannot write the file", path);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Fitting
+
+namespace {
+
+// Least squares on the columns in `use` (rows already weighted); false when they are (nearly) linearly
+// dependent. Columns are scaled to unit max before forming the normal equations.
+bool solve_subset(const std::vector<std::array<double, 3>>& a, const std::vector<double>& b,
+                  const std::array<bool, 3>& use, std::array<double, 3>& x) {
+  int idx[3], n = 0;
+  for (int i = 0; i < 3; ++i)
+    if (use[i]) idx[n++] = i;
+  double scale[3] = {0, 0, 0};
+  for (const auto& row : a)
+    for (int i = 0; i < n; ++i) scale[i] = std::max(scale[i], std::abs(row[idx[i]]));
+  for (int i = 0; i < n; ++i)
+    if (!(scale[i] > 0.0)) return false;
+  double m[3][4] = {};
+  for (size_t r = 0; r < a.size(); ++r)
+    for (int i = 0; i < n; ++i) {
+      const double ai = a[r][idx[i]] / scale[i];
+      for (int k = 0; k < n; ++k) m[i][k] += ai * a[r][idx[k]] / scale[k];
+      m[i][n] += ai * b[r];
+    }
+  double max_diag = 0.0;
+  for (int i = 0; i < n; ++i) max_diag = std::max(max_diag, m[i][i]);
+  for (int col = 0; col < n; ++col) {  // Gaussian elimination with partial pivoting
+    int piv = col;
+    for (int r = col + 1; r < n; ++r)
+      if (std::abs(m[r][col]) > std::abs(m[piv][col])) piv = r;
+    if (!(std::abs(m[piv][col]) > 1e-10 * max_diag)) return false;
+    for (int k = 0; k <= n; ++k) std::swap(m[col][k], m[piv][k]);
+    for (int r = col + 1; r < n; ++r) {
+      const double f = m[r][col] / m[col][col];
+      for (int k = col; k <= n; ++k) m[r][k] -= f * m[col][k];
+    }
+  }
+  double y[3] = {0, 0, 0};
+  for (int i = n - 1; i >= 0; --i) {
+    double s = m[i][n];
+    for (int k = i + 1; k < n; ++k) s -= m[i][k] * y[k];
+    y[i] = s / m[i][i];
+  }
+  x = {0.0, 0.0, 0.0};
+  for (int i = 0; i < n; ++i) x[idx[i]] = y[i] / scale[i];
+  return true;
+}
+
+}  // namespace
+
+FitResult fit_kernel_coeffs(const std::vector<FitPoint>& points) {
+  FitResult out;
+  out.points = static_cast<int>(points.size());
+  if (points.empty()) return out;
+  std::vector<std::array<double, 3>> a;
+  std::vector<double> b;
+  for (const FitPoint& p : points) {
+    TRAINER_CHECK(p.ns > 0.0 && std::isfinite(p.ns) && p.macs >= 0.0 && p.elems >= 0.0,
+                  "cost model fit: a point needs a positive time and non-negative counts (got {} ns, {} macs, "
+                  "{} elems)",
+                  p.ns, p.macs, p.elems);
+    a.push_back({1.0 / p.ns, p.macs / p.ns, p.elems / p.ns});  // relative error: rows weighted by 1/t
+    b.push_back(1.0);
+  }
+  // Every subset of the three unknowns, largest first; the best non-negative solution is the NNLS one.
+  double best = INFINITY;
+  std::array<double, 3> best_x = {0.0, 0.0, 0.0};
+  for (int mask : {7, 3, 5, 6, 1, 2, 4}) {
+    const std::array<bool, 3> use = {(mask & 1) != 0, (mask & 2) != 0, (mask & 4) != 0};
+    std::array<double, 3> x;
+    if (!solve_subset(a, b, use, x)) continue;
+    if (x[0] < 0.0 || x[1] < 0.0 || x[2] < 0.0) continue;
+    double ss = 0.0;
+    for (size_t r = 0; r < a.size(); ++r) {
+      const double e = a[r][0] * x[0] + a[r][1] * x[1] + a[r][2] * x[2] - b[r];
+      ss += e * e;
+    }
+    if (ss < best * (1.0 - 1e-12)) {
+      best = ss;
+      best_x = x;
+    }
+  }
+  out.coeffs = {best_x[0], best_x[1], best_x[2]};
+  for (const FitPoint& p : points) {
+    const double model = best_x[0] + best_x[1] * p.macs + best_x[2] * p.elems;
+    out.max_rel_error = std::max(out.max_rel_error, std::abs(model - p.ns) / p.ns);
+  }
+  return out;
+}
+
+ConvCostModel fit_cost_model(const CalibrationData& data, std::FILE* log) {
+  ConvCostModel m;
+  m.threads = data.threads;
+  m.source = "calibration";
+  for (ConvPhase p : kPhases)
+    for (ConvKernel k : kKernels) {
+      std::vector<FitPoint> pts;
+      for (const CalibrationSample& s : data.samples)
+        if (s.phase == p && s.kernel == k) pts.push_back({s.executed_macs, s.activation_elems, s.ns});
+      const FitResult r = fit_kernel_coeffs(pts);
+      m.at(p, k) = r.coeffs;
+      if (log)
+        fmt::print(log,
+                   "fit {} {:<6}: ns_per_call {:9.1f}  ns_per_mac {:.4e}  ns_per_elem {:.4e}  "
+                   "({} points, max relative error {:.1f}%)\n",
+                   conv_phase_name(p), conv_kernel_name(k), r.coeffs.ns_per_call, r.coeffs.ns_per_mac,
+                   r.coeffs.ns_per_elem, r.points, 100 * r.max_rel_error);
+    }
+  // Through the origin, relative error: minimise sum ((a e_i - t_i) / t_i)^2.
+  double num = 0.0, den = 0.0;
+  for (const ReorderSample& s : data.reorders) {
+    if (!(s.ns > 0.0)) continue;
+    num += s.elems / s.ns;
+    den += (s.elems / s.ns) * (s.elems / s.ns);
+  }
+  m.reorder_ns_per_elem = den > 0.0 ? num / den : 0.0;
+  if (log && !data.reorders.empty()) {
+    double err = 0.0;
+    for (const ReorderSample& s : data.reorders)
+      if (s.ns > 0.0) err = std::max(err, std::abs(m.reorder_ns_per_elem * s.elems - s.ns) / s.ns);
+    fmt::print(log, "fit reorder  : ns_per_elem {:.4f} ({} points, max relative error {:.1f}%)\n",
+               m.reorder_ns_per_elem, data.reorders.size(), 100 * err);
+  }
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Measuring
+
+namespace {
+
+struct CalShape {
+  const char* name;
+  int64_t C, H, K, R, stride, pad;
+};
+
+// ResNet-20-style layers (at 28/14/7 resolution): the three stages' 3x3 convs, the stride-2 3x3 entries
+// of stages 2 and 3, and their 1x1 stride-2 shortcuts.
+constexpr CalShape kShapes[] = {
+    {"16->16 3x3 @28x28", 16, 28, 16, 3, 1, 1},    {"32->32 3x3 @14x14", 32, 14, 32, 3, 1, 1},
+    {"64->64 3x3 @7x7", 64, 7, 64, 3, 1, 1},       {"16->32 3x3 s2 @28x28", 16, 28, 32, 3, 2, 1},
+    {"32->64 3x3 s2 @14x14", 32, 14, 64, 3, 2, 1}, {"16->32 1x1 s2 @28x28", 16, 28, 32, 1, 2, 0},
+    {"32->64 1x1 s2 @14x14", 32, 14, 64, 1, 2, 0},
+};
+constexpr int kQuickShapes[] = {1, 5};
+constexpr double kDensities[] = {1.0, 0.5, 0.3, 0.2, 0.1, 0.05};
+constexpr double kQuickDensities[] = {1.0, 0.3, 0.05};
+
+class ThreadsGuard {
+ public:
+  explicit ThreadsGuard(int n) : saved_(omp_get_max_threads()) { omp_set_num_threads(n); }
+  ~ThreadsGuard() { omp_set_num_threads(saved_); }
+  ThreadsGuard(const ThreadsGuard&) = delete;
+  ThreadsGuard& operator=(const ThreadsGuard&) = delete;
+
+ private:
+  int saved_;
+};
+
+Tensor random_tensor(const Shape& shape, Layout layout, Rng& rng) {
+  Tensor t(shape, Layout::plain);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = static_cast<float>(2 * rng.uniform() - 1);
+  return layout == Layout::plain ? t : t.to_layout(layout);
+}
+
+// The fastest of `repeats` timed runs after one warm-up, in ns.
+template <typename Fn>
+double fastest_ns(int repeats, Fn&& fn) {
+  fn();
+  double best = INFINITY;
+  for (int i = 0; i < repeats; ++i) {
+    const uint64_t t0 = now_ns();
+    fn();
+    best = std::min(best, static_cast<double>(now_ns() - t0));
+  }
+  return std::max(best, 1.0);
+}
+
+}  // namespace
+
+CalibrationData measure_conv_kernels(const CalibrationOptions& o, std::FILE* log) {
+  TRAINER_CHECK(o.threads >= 1 && o.threads <= 1024, "calibration: threads must be in [1, 1024] (got {})",
+                o.threads);
+  TRAINER_CHECK(o.batch >= 1 && o.batch <= 4096, "calibration: batch must be in [1, 4096] (got {})", o.batch);
+  TRAINER_CHECK(o.repeats >= 1 && o.repeats <= 1000, "calibration: repeats must be in [1, 1000] (got {})",
+                o.repeats);
+  ThreadsGuard threads(o.threads);
+  CalibrationData data;
+  data.threads = o.threads;
+  data.batch = o.batch;
+  if (o.quick)
+    data.densities.assign(std::begin(kQuickDensities), std::end(kQuickDensities));
+  else
+    data.densities.assign(std::begin(kDensities), std::end(kDensities));
+  std::vector<int> shapes;
+  if (o.quick)
+    shapes.assign(std::begin(kQuickShapes), std::end(kQuickShapes));
+  else
+    for (int i = 0; i < static_cast<int>(std::size(kShapes)); ++i) shapes.push_back(i);
+
+  if (log)
+    fmt::print(log, "calibrating: {} threads, batch {}, {} shapes x {} densities, fastest of {} runs\n", o.threads,
+               o.batch, shapes.size(), data.densities.size(), o.repeats);
+  const int64_t N = o.batch;
+  for (int si : shapes) {
+    const CalShape& cs = kShapes[si];
+    Rng rng(0x5eedc0de + static_cast<uint64_t>(si));
+    ConvGeom g;
+    g.N = N, g.C = cs.C, g.H = cs.H, g.W = cs.H, g.K = cs.K, g.R = cs.R, g.S = cs.R, g.stride = cs.stride,
+    g.pad = cs.pad;
+    const Shape xs = {N, g.C, g.H, g.W}, ys = {N, g.K, g.P(), g.Q()};
+    const Tensor x_plain = random_tensor(xs, Layout::plain, rng), dy_plain = random_tensor(ys, Layout::plain, rng);
+    const Tensor x16c = x_plain.to_layout(Layout::nChw16c), dy16c = dy_plain.to_layout(Layout::nChw16c);
+    const Tensor x16n = x_plain.to_layout(Layout::NCHW16n), dy16n = dy_plain.to_layout(Layout::NCHW16n);
+    const Tensor w = random_tensor({g.K, g.C, g.R, g.S}, Layout::plain, rng);
+    const double macs = static_cast<double>(g.macs());
+    auto add = [&](ConvPhase p, ConvKernel k, double density, double executed, double ns) {
+      CalibrationSample s;
+      s.shape = cs.name;
+      s.geom = g;
+      s.phase = p;
+      s.kernel = k;
+      s.weight_density = density;
+      s.executed_macs = executed;
+      s.activation_elems = conv_activation_elems(p, g);
+      s.ns = ns;
+      data.samples.push_back(std::move(s));
+    };
+
+    // Dense: oneDNN on nChw16c, as Conv2d runs it (weights reordered from OIHW by each ff).
+    ConvDnnl conv(g.C, g.K, g.R, g.S, g.stride, g.pad, false);
+    Tensor y, dx, dw;
+    double dense_ns[3];
+    dense_ns[0] = fastest_ns(o.repeats, [&] { conv.ff(x16c, w, nullptr, y); });
+    dense_ns[1] = fastest_ns(o.repeats, [&] { conv.bp(x16c, dy16c, w, dx); });
+    dense_ns[2] = fastest_ns(o.repeats, [&] { conv.wg(x16c, dy16c, dw, nullptr); });
+    for (int p = 0; p < 3; ++p) add(kPhases[p], ConvKernel::dense, 1.0, macs, dense_ns[p]);
+    if (log)
+      fmt::print(log, "  {:<22} dense  ff {:8.3f} ms  bp {:8.3f} ms  wg {:8.3f} ms  (oneDNN {})\n", cs.name,
+                 dense_ns[0] * 1e-6, dense_ns[1] * 1e-6, dense_ns[2] * 1e-6, conv.implementations(x16c));
+
+    // Sparse: NCHW16n, weights kept at random to each density.
+    SparseConvScratch scratch;
+    Tensor ysp, dxsp;
+    for (double density : data.densities) {
+      Tensor mask({g.K, g.C, g.R, g.S});
+      for (int64_t i = 0; i < mask.numel(); ++i) mask.data()[i] = rng.uniform() < density ? 1.0f : 0.0f;
+      SparseWeights sw;
+      sw.build(w, mask, g.stride, g.pad);
+      std::vector<float> values(static_cast<size_t>(std::max<int64_t>(sw.nnz(), 1)));
+      SparseCounters c[3];
+      double ns[3];
+      ns[0] = fastest_ns(o.repeats, [&] { c[0] = sparse_conv_ff(x16n, sw, ysp, scratch); });
+      ns[1] = fastest_ns(o.repeats, [&] { c[1] = sparse_conv_bp(dy16n, sw, xs, dxsp, scratch); });
+      ns[2] = fastest_ns(o.repeats,
+                         [&] { c[2] = sparse_conv_wg_values(x16n, dy16n, sw, values.data(), nullptr, scratch); });
+      for (int p = 0; p < 3; ++p)
+        add(kPhases[p], ConvKernel::sparse, density, static_cast<double>(c[p].executed_macs), ns[p]);
+      if (log)
+        fmt::print(log, "  {:<22} sparse ff {:8.3f} ms  bp {:8.3f} ms  wg {:8.3f} ms  (density {:.0f}%, kept {:.1f}%)\n",
+                   cs.name, ns[0] * 1e-6, ns[1] * 1e-6, ns[2] * 1e-6, 100 * density, 100 * sw.density());
+    }
+
+    // Reorders between the two kernels' layouts, both ways, for the input- and the output-sized operand.
+    for (const Tensor* t : {&x16c, &dy16c}) {
+      const Tensor other = t->to_layout(Layout::NCHW16n);
+      const double to16n = fastest_ns(o.repeats, [&] { (void)t->to_layout(Layout::NCHW16n); });
+      const double to16c = fastest_ns(o.repeats, [&] { (void)other.to_layout(Layout::nChw16c); });
+      data.reorders.push_back({static_cast<double>(t->numel()), to16n});
+      data.reorders.push_back({static_cast<double>(t->numel()), to16c});
+    }
+  }
+  return data;
+}
+
+ConvCostModel calibrate(const CalibrationOptions& options, std::FILE* log, CalibrationData* data) {
+  CalibrationData measured = measure_conv_kernels(options, log);
+  ConvCostModel m = fit_cost_model(measured, log);
+  if (data) *data = std::move(measured);
+  return m;
+}
+
+}  // namespace trainer

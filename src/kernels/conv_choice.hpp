@@ -1,0 +1,160 @@
+// Kernel choice for a convolution phase at run time: the software form of Trainer's
+// dynamic-sparsity-adaptive dataflow. Per layer and phase, from the densities of the operands, pick the
+// kernel expected to run fastest on this machine:
+//   dense : oneDNN (kernels/conv_dnnl.hpp) on nChw16c activations; every multiply is executed;
+//   sparse: kernels/sparse_conv.hpp on NCHW16n activations; only the multiplies of kept weights on
+//           nonzero input/error planes are executed.
+// The expected times come from a cost model with a few coefficients per (phase, kernel), fitted by
+// `trainer calibrate` on this machine (measured kernels at several shapes and densities) and stored as
+// JSON; built-in defaults (fitted on the development machine, documented in docs/sparse-training.md)
+// serve when no calibration file is given.
+//
+// Model (per call of one phase of one convolution of geometry g):
+//   t(kernel) = ns_per_call + ns_per_mac * executed_macs + ns_per_elem * activation_elems
+//             + (layout differs from the kernel's: reorder_ns_per_elem * reordered_elems)
+// executed_macs = density * g.macs() (dense: density = 1); activation_elems = the elements of the
+// activation operands the phase reads and writes (ff: x + y; bp: dy + dx; wg: x + dy);
+// reordered_elems = the same elements, when the activations are held in the other kernel's layout.
+//
+// Fitting: each (phase, kernel) is fitted on its own measured calls by non-negative least squares on
+// the relative error (each point weighted by 1 / its measured time, so a 0.1 ms call counts as much as
+// a 10 ms one); reorder_ns_per_elem likewise, through the origin, on Tensor::to_layout between nChw16c
+// and NCHW16n.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "kernels/conv_ref.hpp"
+
+namespace trainer {
+
+enum class ConvPhase : uint8_t { ff = 0, bp = 1, wg = 2 };
+enum class ConvKernel : uint8_t { dense = 0, sparse = 1 };
+const char* conv_kernel_name(ConvKernel k);  // "dense", "sparse"
+const char* conv_phase_name(ConvPhase p);    // "ff", "bp", "wg"
+
+// The activation elements (logical, padding excluded) a phase reads and writes; the same count for all
+// three phases: N * (C*H*W + K*P*Q).
+double conv_activation_elems(ConvPhase phase, const ConvGeom& g);
+
+struct KernelCoeffs {
+  double ns_per_call = 0.0;
+  double ns_per_mac = 0.0;
+  double ns_per_elem = 0.0;
+  bool operator==(const KernelCoeffs&) const = default;
+};
+
+struct ConvCostModel {
+  // coeffs[phase][kernel]
+  std::array<std::array<KernelCoeffs, 2>, 3> coeffs{};
+  double reorder_ns_per_elem = 0.0;  // converting activations between nChw16c and NCHW16n
+  int threads = 0;                   // the thread count it was calibrated with (0: unknown)
+  std::string source;                // "built-in defaults" or the calibration file's path
+
+  const KernelCoeffs& at(ConvPhase phase, ConvKernel kernel) const {
+    return coeffs[static_cast<int>(phase)][static_cast<int>(kernel)];
+  }
+  KernelCoeffs& at(ConvPhase phase, ConvKernel kernel) {
+    return coeffs[static_cast<int>(phase)][static_cast<int>(kernel)];
+  }
+
+  // Expected time of one call. density: executed multiplies / g.macs(), clamped to [0, 1] (NaN counts
+  // as 1); ignored for dense, which executes all of them. reorder: the activations are held in the
+  // other kernel's layout.
+  double estimate_ns(ConvPhase phase, ConvKernel kernel, const ConvGeom& g, double density, bool reorder) const;
+
+  // The kernel with the lower estimate (dense on a tie). activations_nchw16n: the layout the activations
+  // are held in (NCHW16n favours sparse, nChw16c favours dense, through the reorder term).
+  ConvKernel choose(ConvPhase phase, const ConvGeom& g, double density, bool activations_nchw16n) const;
+
+  // The density below which choose() picks sparse (where the two estimates meet), clamped to [0, 1]:
+  // 0 = never sparse, 1 = sparse even with all weights kept.
+  double break_even_density(ConvPhase phase, const ConvGeom& g, bool activations_nchw16n) const;
+
+  // The model fitted on the development machine (2 threads); see docs/sparse-training.md.
+  static ConvCostModel defaults();
+  // Reads a file written by save(); throws trainer::Error naming the file and the key that is missing
+  // or out of range (e.g. "calibration 'c.json': key 'ff.sparse.ns_per_mac' must be a non-negative
+  // number").
+  static ConvCostModel load(const std::string& path);
+  // Writes atomically (PATH.tmp, then rename); throws trainer::Error naming the file on failure.
+  void save(const std::string& path) const;
+
+  // Coefficients and thread count (not the source) are equal.
+  bool same_coefficients(const ConvCostModel& o) const {
+    return coeffs == o.coeffs && reorder_ns_per_elem == o.reorder_ns_per_elem && threads == o.threads;
+  }
+};
+
+struct CalibrationOptions {
+  int threads = 2;
+  int batch = 64;
+  int repeats = 5;     // timed runs per point (the fastest counts), after one warm-up
+  bool quick = false;  // fewer shapes and densities (for tests)
+};
+
+// One timed kernel call.
+struct CalibrationSample {
+  std::string shape;  // e.g. "16->32 3x3 s2 @28x28"
+  ConvGeom geom;
+  ConvPhase phase = ConvPhase::ff;
+  ConvKernel kernel = ConvKernel::dense;
+  double weight_density = 1.0;  // the mask's target density (1 for dense)
+  double executed_macs = 0.0;   // as counted by the kernel (dense: g.macs())
+  double activation_elems = 0.0;
+  double ns = 0.0;  // the fastest of the timed runs
+};
+
+// One timed activation reorder (Tensor::to_layout, nChw16c <-> NCHW16n).
+struct ReorderSample {
+  double elems = 0.0;
+  double ns = 0.0;
+};
+
+struct CalibrationData {
+  int threads = 0;
+  int batch = 0;
+  std::vector<double> densities;  // the weight densities measured, in order
+  std::vector<CalibrationSample> samples;
+  std::vector<ReorderSample> reorders;
+};
+
+// A point for the fitter: t = c0 + c1 * macs + c2 * elems.
+struct FitPoint {
+  double macs = 0.0;
+  double elems = 0.0;
+  double ns = 0.0;  // > 0
+};
+
+struct FitResult {
+  KernelCoeffs coeffs;
+  double max_rel_error = 0.0;  // max over the points of |model - measured| / measured
+  int points = 0;
+};
+
+// Non-negative least squares on the relative error (rows weighted by 1 / ns), exact for three
+// unknowns: the best non-negative solution among the unconstrained fits on every subset of them.
+// No points: zero coefficients.
+FitResult fit_kernel_coeffs(const std::vector<FitPoint>& points);
+
+// Times oneDNN (ConvDnnl on nChw16c) and the sparse kernels (NCHW16n; WG as sparse_conv_wg_values) for
+// each phase on ResNet-20-style shapes at densities 1, .5, .3, .2, .1, .05 (quick: 2 shapes, densities
+// 1, .3, .05), and the reorders. Runs with options.threads OpenMP threads (restored afterwards).
+// Progress lines go to `log` (nullptr: silent).
+CalibrationData measure_conv_kernels(const CalibrationOptions& options, std::FILE* log);
+
+// Fits the model on measured data; the fit of each (phase, kernel) and its max relative error go to
+// `log` (nullptr: silent). source = "calibration".
+ConvCostModel fit_cost_model(const CalibrationData& data, std::FILE* log);
+
+// Measures oneDNN and the sparse kernels for each phase on a set of ResNet-style 3x3 and 1x1 shapes
+// at several weight densities, plus the cost of reordering, and fits the model by least squares
+// (non-negative coefficients). Progress lines go to `log` (nullptr: silent). data: if given, receives
+// the measurements.
+ConvCostModel calibrate(const CalibrationOptions& options, std::FILE* log, CalibrationData* data = nullptr);
+
+}  // namespace trainer

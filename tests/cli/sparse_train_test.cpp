@@ -1,0 +1,181 @@
+// Sparse training through the `trainer` binary: each pruning policy reaches its target sparsity and the
+// run's counters say what was skipped and why; the sparse and the dense kernels train the same numbers;
+// a pruned run resumes bit-identically (masks in the checkpoint); mismatched resumes are refused.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  int code = -1;
+  std::string out, err;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+class SparseTrain : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("trainer_sparse_test_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    if (!HasFailure()) fs::remove_all(dir_);
+  }
+  Result run(const std::string& args) {
+    const fs::path out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
+    const std::string cmd = "cd '" + dir_.string() + "' && '" + std::string(TRAINER_BINARY) + "' " + args +
+                            " > '" + out.string() + "' 2> '" + err.string() + "'";
+    const int status = std::system(cmd.c_str());
+    Result r;
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    r.out = slurp(out);
+    r.err = slurp(err);
+    return r;
+  }
+  std::vector<nlohmann::json> metrics(const std::string& name) const {
+    std::vector<nlohmann::json> lines;
+    std::ifstream in(dir_ / name);
+    for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+    return lines;
+  }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  fs::path dir_;
+};
+
+#define EXPECT_HAS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
+
+// A small ResNet on small synthetic images: 6 steps per epoch, a fraction of a second per epoch.
+const std::string kRun =
+    "train --data synthetic --synthetic-size 192 --synthetic-shape 1x16x16 --batch-size 32 --threads 1 "
+    "--progress off --model resnet8 --width 16 --init kaiming ";
+
+void expect_work_adds_up(const nlohmann::json& work) {
+  for (const char* phase : {"ff", "bp", "wg"}) {
+    const auto& p = work.at(phase);
+    const uint64_t skipped = p.at("skipped_pruned").get<uint64_t>() + p.at("skipped_zero_activation").get<uint64_t>() +
+                             p.at("skipped_zero_error").get<uint64_t>() +
+                             p.at("skipped_masked_output").get<uint64_t>();
+    EXPECT_GT(p.at("dense_macs").get<uint64_t>(), 0u) << phase;
+    EXPECT_EQ(p.at("executed_macs").get<uint64_t>() + skipped, p.at("dense_macs").get<uint64_t>()) << phase;
+  }
+}
+
+TEST_F(SparseTrain, EachPolicyReachesItsTargetAndSkipsThePrunedWork) {
+  for (const std::string policy : {"magnitude", "dns", "rigl"}) {
+    SCOPED_TRACE(policy);
+    const std::string m = policy + ".jsonl";
+    // Schedule over the first half of the run, so that the last epochs run at the target.
+    const Result r = run(kRun + "--epochs 3 --prune " + policy +
+                         " --sparsity 0.8 --prune-every 2 --prune-begin 0 --prune-end 0.5 --kernels sparse "
+                         "--prune-distribution uniform --metrics " + m);
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_HAS(r.out, "pruning: " + policy + " to 80% weight sparsity");
+    EXPECT_HAS(r.out, "sparse work");  // the end-of-run table of skipped multiplies
+    const auto lines = metrics(m);
+    ASSERT_EQ(lines.size(), 3u);
+    const auto& last = lines.back();
+    EXPECT_NEAR(last.at("sparsity").get<double>(), 0.8, 0.01) << last.dump();
+    expect_work_adds_up(last.at("work"));
+    // At 80% uniform sparsity of every tensor but the first conv and the last linear, most ff multiplies
+    // of the last epoch were skipped because their weight was pruned.
+    const auto& ff = last.at("work").at("ff");
+    const double pruned_share =
+        ff.at("skipped_pruned").get<double>() / ff.at("dense_macs").get<double>();
+    EXPECT_GT(pruned_share, 0.6) << ff.dump();
+    EXPECT_LT(pruned_share, 0.8) << ff.dump();
+    if (policy == "dns") {
+      EXPECT_EQ(last.at("dense_wg_steps").get<int64_t>(), 18);  // every step
+    }
+    if (policy == "magnitude") {
+      EXPECT_EQ(last.at("dense_wg_steps").get<int64_t>(), 0);
+    }
+    EXPECT_TRUE(std::isfinite(last.at("test_loss").get<double>()));
+  }
+}
+
+TEST_F(SparseTrain, SparseAndDenseKernelsTrainTheSameNumbers) {
+  const std::string recipe = kRun + "--epochs 1 --max-steps 4 --prune magnitude --sparsity 0.7 --prune-every 1 "
+                                    "--prune-begin 0 --prune-end 0.5 --no-ops-summary ";
+  Result r = run(recipe + "--kernels sparse --metrics s.jsonl");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run(recipe + "--kernels dense --metrics d.jsonl");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto s = metrics("s.jsonl"), d = metrics("d.jsonl");
+  ASSERT_EQ(s.size(), 1u);
+  ASSERT_EQ(d.size(), 1u);
+  // Same masks, same math, different summation orders: float-level differences only.
+  EXPECT_NEAR(s[0]["train_loss"].get<double>(), d[0]["train_loss"].get<double>(), 1e-3);
+  EXPECT_NEAR(s[0]["test_loss"].get<double>(), d[0]["test_loss"].get<double>(), 1e-2);
+  EXPECT_DOUBLE_EQ(s[0]["sparsity"].get<double>(), d[0]["sparsity"].get<double>());
+  // The dense kernels execute every multiply; the sparse ones skip the pruned ones.
+  EXPECT_EQ(d[0]["work"]["ff"]["skipped_pruned"].get<uint64_t>(), 0u);
+  EXPECT_GT(s[0]["work"]["ff"]["skipped_pruned"].get<uint64_t>(), 0u);
+}
+
+TEST_F(SparseTrain, APrunedRunResumesBitIdentically) {
+  for (const std::string policy : {"magnitude", "rigl"}) {
+    SCOPED_TRACE(policy);
+    const std::string recipe = kRun + "--epochs 2 --prune " + policy +
+                               " --sparsity 0.8 --prune-every 2 --no-ops-summary ";
+    Result r = run(recipe + "--checkpoint whole.ckpt");
+    ASSERT_EQ(r.code, 0) << r.err;
+    r = run(recipe + "--stop-after 1 --checkpoint split.ckpt");
+    ASSERT_EQ(r.code, 0) << r.err;
+    r = run(recipe + "--resume split.ckpt --checkpoint split.ckpt");
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(r.err.find("warning"), std::string::npos) << r.err;
+    const std::string whole = slurp(path("whole.ckpt")), split = slurp(path("split.ckpt"));
+    ASSERT_FALSE(whole.empty());
+    EXPECT_TRUE(whole == split) << "the resumed pruned run's final checkpoint differs from the uninterrupted one";
+  }
+}
+
+TEST_F(SparseTrain, MismatchedResumesAreRefused) {
+  Result r = run(kRun + "--epochs 2 --stop-after 1 --prune magnitude --checkpoint p.ckpt --no-ops-summary");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run(kRun + "--epochs 2 --resume p.ckpt --no-ops-summary");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_HAS(r.err, "p.ckpt");
+  EXPECT_HAS(r.err, "written by a pruned run");
+  r = run(kRun + "--epochs 2 --stop-after 1 --checkpoint d.ckpt --no-ops-summary");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run(kRun + "--epochs 2 --resume d.ckpt --prune rigl --no-ops-summary");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_HAS(r.err, "holds no pruning state");
+}
+
+TEST_F(SparseTrain, BadPruningOptionsAreNamed) {
+  Result r = run(kRun + "--prune sometimes");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_HAS(r.err, "--prune");
+  EXPECT_HAS(r.err, "magnitude");
+  r = run(kRun + "--prune magnitude --sparsity 1.5");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_HAS(r.err, "--sparsity");
+  r = run(kRun + "--prune rigl --prune-distribution global");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_HAS(r.err, "global");
+  r = run(kRun + "--prune magnitude --calibration missing.json");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_HAS(r.err, "missing.json");
+}
+
+}  // namespace
