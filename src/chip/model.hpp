@@ -38,7 +38,9 @@ class ChipModel {
   // Costs one step's Ops in stream order. With speculation on, a conv/linear layer's bp and wg use the
   // maps its ff recorded earlier in the same list: dx is needed only where the layer's input x is
   // nonzero (a ReLU zero passes no gradient back); dw is not needed for pruned (zero) weights when
-  // speculation.skip_pruned_weight_gradients is set.
+  // speculation.skip_pruned_weight_gradients is set. The engine's own skip counters (Op::skipped_*) are
+  // not read: skipped_masked_output counts MACs, not which outputs, and the array's cost depends on which
+  // (docs/chip-model.md, "Not modelled").
   std::vector<OpCost> cost_step(const std::vector<Op>& ops) const;
   // One Op on its own (no speculation context).
   OpCost cost_op(const Op& op) const;

@@ -1,11 +1,14 @@
 // `trainer train`: every RunConfig key is a long option; --config FILE reads a YAML recipe with the
-// same keys in snake_case, and options given on the command line override it.
+// same keys in snake_case, and options given on the command line override it. The chip model and trace
+// options (--chip, --chip-mode, --chip-every, --chip-out, --trace, --trace-every; cli/train_hooks.hpp)
+// are command line only and reach the run through TrainHooks.
 #include <fmt/format.h>
 
 #include <map>
 #include <memory>
 
 #include "cli/commands.hpp"
+#include "cli/train_hooks.hpp"
 #include "train/config.hpp"
 #include "train/trainer.hpp"
 
@@ -19,6 +22,7 @@ struct TrainArgs {
   std::map<std::string, std::string> values;
   std::map<std::string, bool> flags;
   std::map<std::string, CLI::Option*> options;
+  ChipTraceOptions chip_trace;  // command line only
 };
 
 }  // namespace
@@ -30,7 +34,7 @@ Command add_train_command(CLI::App& root) {
       "A recipe file (--config) takes the long options above as keys in snake_case (batch_size: 64); flags "
       "are "
       "booleans (nesterov: true, ops_summary: false). Options given on the command line override the "
-      "recipe.");
+      "recipe. The chip and trace options (--chip ... --trace-every) are command line only.");
   auto args = std::make_shared<TrainArgs>();
   app->add_option("--config", args->config,
                   "YAML recipe to start from (keys: the options below in snake_case) (default: none)")
@@ -54,6 +58,7 @@ Command add_train_command(CLI::App& root) {
   }
   // A bare --progress asks for the bar.
   args->options.at("progress")->expected(0, 1);
+  add_chip_trace_options(app, args->chip_trace);
 
   return {app, [args] {
             RunConfig cfg;
@@ -74,7 +79,9 @@ Command add_train_command(CLI::App& root) {
             } catch (const Error& e) {
               throw UsageError(e.what());
             }
-            train(cfg);
+            // Loads the chip specs and opens the trace before training, so bad ones fail at once.
+            ChipTraceHooks extra(args->chip_trace);
+            train(cfg, stdout, extra.hooks());
             return 0;
           }};
 }

@@ -139,6 +139,10 @@ std::string encode_op(const Op& op) {
   for (int32_t v : op.pad) w.put<int32_t>(v);
   w.put<uint64_t>(op.dense_macs);
   w.put<uint64_t>(op.time_ns);
+  w.put_str(op.kernel);
+  for (uint64_t v : {op.executed_macs, op.skipped_pruned, op.skipped_zero_activation, op.skipped_zero_error,
+                     op.skipped_masked_output})
+    w.put<uint64_t>(v);
   const uint8_t present = (op.x_nz ? 1 : 0) | (op.w_nz ? 2 : 0) | (op.dy_nz ? 4 : 0);
   w.put<uint8_t>(present);
   if (op.x_nz) put_bitmap(w, *op.x_nz);
@@ -162,6 +166,10 @@ Op decode_op(const std::string& payload, const std::string& where) {
   for (int32_t& v : op.pad) v = r.get<int32_t>();
   op.dense_macs = r.get<uint64_t>();
   op.time_ns = r.get<uint64_t>();
+  op.kernel = r.get_str();
+  for (uint64_t* v : {&op.executed_macs, &op.skipped_pruned, &op.skipped_zero_activation,
+                      &op.skipped_zero_error, &op.skipped_masked_output})
+    *v = r.get<uint64_t>();
   const uint8_t present = r.get<uint8_t>();
   TRAINER_CHECK(present < 8, "{}: unknown nonzero-map flags {}", where, present);
   if (present & 1) op.x_nz = get_bitmap(r, where);
@@ -273,7 +281,12 @@ TraceReader::TraceReader(std::string path) : path_(std::move(path)) {
   if (version != kTraceVersion) {
     std::fclose(f_);
     f_ = nullptr;
-    fail("trace '{}': format version {}, this program reads version {}", path_, version, kTraceVersion);
+    const char* why = version == 1 ? " (version 1 traces lack the kernel and skip counters of each Op; "
+                                     "record the run again with `trainer train --trace`)"
+                      : version > kTraceVersion ? " (written by a newer trainer?)"
+                                                : "";
+    fail("trace '{}': format version {}, this program reads version {}{}", path_, version, kTraceVersion,
+         why);
   }
 }
 

@@ -1,6 +1,7 @@
 // The trace file: round trip, and clean refusals of truncated, damaged, foreign and other-version files.
 #include "ops/trace.hpp"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -46,12 +47,20 @@ std::vector<TraceStep> sample_steps() {
     ff.pad = {1, 1};
     ff.dense_macs = 4 * 8 * 81 * 27;
     ff.time_ns = 12345 + s;
+    ff.kernel = s == 1 ? "sparse" : "dense";
+    ff.skipped_pruned = 1000 + s;
+    ff.skipped_zero_activation = 200 + s;
+    ff.skipped_zero_error = 0;
+    ff.skipped_masked_output = 30 + s;
+    ff.executed_macs = ff.dense_macs - ff.skipped();
     ff.x_nz = random_bits({4, 3, 9, 9}, 0.5, s);
     ff.w_nz = random_bits({8, 3, 3, 3}, 0.1, s + 100);
     Op bp = ff;
     bp.phase = Phase::bp;
     bp.x_nz = nullptr;
     bp.dy_nz = random_bits({4, 8, 9, 9}, 0.3, s + 200);
+    bp.skipped_zero_error = uint64_t{1} << 40;  // wider than 32 bits
+    bp.skipped_masked_output = 0;
     Op upd;
     upd.layer = -1;
     upd.layer_name = "sgd";
@@ -76,6 +85,12 @@ void expect_same_op(const Op& a, const Op& b) {
   EXPECT_EQ(a.pad, b.pad);
   EXPECT_EQ(a.dense_macs, b.dense_macs);
   EXPECT_EQ(a.time_ns, b.time_ns);
+  EXPECT_EQ(a.kernel, b.kernel);
+  EXPECT_EQ(a.executed_macs, b.executed_macs);
+  EXPECT_EQ(a.skipped_pruned, b.skipped_pruned);
+  EXPECT_EQ(a.skipped_zero_activation, b.skipped_zero_activation);
+  EXPECT_EQ(a.skipped_zero_error, b.skipped_zero_error);
+  EXPECT_EQ(a.skipped_masked_output, b.skipped_masked_output);
   for (auto [x, y] : {std::pair{a.x_nz, b.x_nz}, std::pair{a.w_nz, b.w_nz}, std::pair{a.dy_nz, b.dy_nz}}) {
     ASSERT_EQ(x == nullptr, y == nullptr);
     if (x) {
@@ -172,17 +187,23 @@ TEST(Trace, DamagedForeignAndOtherVersionsAreRefused) {
   spit(bad, "P6\n3 3\n255\nnot a trace at all, just some other file");
   EXPECT_NE(error_reading(bad).find("not a trainer trace"), std::string::npos) << error_reading(bad);
 
-  std::string v2 = bytes;
-  v2[8] = 2;  // the version field
-  spit(bad, v2);
+  std::string other = bytes;
+  other[8] = 3;  // the version field
+  spit(bad, other);
   EXPECT_NE(error_reading(bad).find("header's checksum"), std::string::npos) << error_reading(bad);
-  // ...and as a version-2 writer would write it, with its header checksum.
-  const uint32_t crc =
-      static_cast<uint32_t>(crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(v2.data()), 16));
-  std::memcpy(v2.data() + 16, &crc, 4);
-  spit(bad, v2);
-  EXPECT_NE(error_reading(bad).find("format version 2, this program reads version 1"), std::string::npos)
-      << error_reading(bad);
+  // ...and as an older (1) or newer (3) writer would write it, with its header checksum.
+  for (const uint8_t version : {1, 3}) {
+    other[8] = static_cast<char>(version);
+    const uint32_t crc =
+        static_cast<uint32_t>(crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(other.data()), 16));
+    std::memcpy(other.data() + 16, &crc, 4);
+    spit(bad, other);
+    const std::string msg = error_reading(bad);
+    EXPECT_NE(msg.find(fmt::format("format version {}, this program reads version 2", version)),
+              std::string::npos)
+        << msg;
+    EXPECT_NE(msg.find(version == 1 ? "record the run again" : "newer trainer"), std::string::npos) << msg;
+  }
 
   EXPECT_NE(error_reading(temp_path("does-not-exist.trace")).find("cannot open"), std::string::npos);
   std::filesystem::remove(path);
