@@ -8,7 +8,7 @@
 // weights, what a compressed optimizer step reads). Each measurement: the median of `--reps` runs after
 // a warm-up, dense and sparse interleaved so that load from other processes hits both alike.
 //
-// Usage: sparse_conv_bench [--reps N] [--layer i] [--sparsity s] [--only ff|bp|wg]
+// Usage: sparse_conv_bench [--reps N] [--set resnet18|resnet20] [--layer i] [--sparsity s] [--only ff|bp|wg]
 //                          [--tile t] [--cg n] [--band n] [--stream 0|1] [--shared 0|1]
 //                          [--split-images -1|0|1]
 // (run with OMP_NUM_THREADS set; the thread count is printed). BENCH_MIN=1 in the environment reports
@@ -46,6 +46,15 @@ const Layer kLayers[] = {
     {"64->64 @32x32", 64, 64, 32, 32, 64, 3, 1, 1},      {"128->128 @16x16", 64, 128, 16, 16, 128, 3, 1, 1},
     {"256->256 @8x8", 64, 256, 8, 8, 256, 3, 1, 1},      {"512->512 @4x4", 64, 512, 4, 4, 512, 3, 1, 1},
     {"64->128 @32x32 s2", 64, 64, 32, 32, 128, 3, 2, 1}, {"256->512 @8x8 s2", 64, 256, 8, 8, 512, 3, 2, 1},
+};
+
+// ResNet-20 (width 16) on Fashion-MNIST (28x28) at batch 128 (--set resnet20): the convs of the
+// end-to-end sparse-training measurement, including the 1x1 stride-2 shortcuts.
+const Layer kResNet20[] = {
+    {"r20 16->16 @28x28", 128, 16, 28, 28, 16, 3, 1, 1},   {"r20 16->32 @28x28 s2", 128, 16, 28, 28, 32, 3, 2, 1},
+    {"r20 32->32 @14x14", 128, 32, 14, 14, 32, 3, 1, 1},   {"r20 32->64 @14x14 s2", 128, 32, 14, 14, 64, 3, 2, 1},
+    {"r20 64->64 @7x7", 128, 64, 7, 7, 64, 3, 1, 1},       {"r20 1x1 16->32 @28x28 s2", 128, 16, 28, 28, 32, 1, 2, 0},
+    {"r20 1x1 32->64 @14x14 s2", 128, 32, 14, 14, 64, 1, 2, 0},
 };
 
 void fill_random(float* p, int64_t n, Rng& rng) {
@@ -177,6 +186,7 @@ std::string break_even(const std::vector<double>& sparsity, const std::vector<do
 
 int main(int argc, char** argv) {
   int reps = 7, only_layer = -1;
+  bool resnet20 = false;
   std::string only_phase;  // "ff", "bp" or "wg": time that sparse phase alone, no oneDNN (for profiling)
   std::vector<double> sparsities = {0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95};
   SparseConvOptions opt;
@@ -189,6 +199,8 @@ int main(int argc, char** argv) {
       only_layer = std::atoi(v);
     else if (a == "--sparsity")
       sparsities = {std::atof(v)};
+    else if (a == "--set")
+      resnet20 = std::string(v) == "resnet20";
     else if (a == "--only")
       only_phase = v;
     else if (a == "--tile")
@@ -215,9 +227,11 @@ int main(int argc, char** argv) {
       "speedup = oneDNN time / sparse time; weights pruned uniformly at random to the given sparsity\n");
   fmt::print("clock: {}\n\n", omp_get_max_threads() == 1 ? "thread CPU time" : "wall time");
 
-  for (int li = 0; li < static_cast<int>(std::size(kLayers)); ++li) {
+  const Layer* layers = resnet20 ? kResNet20 : kLayers;
+  const int num_layers = static_cast<int>(resnet20 ? std::size(kResNet20) : std::size(kLayers));
+  for (int li = 0; li < num_layers; ++li) {
     if (only_layer >= 0 && li != only_layer) continue;
-    const Layer& l = kLayers[li];
+    const Layer& l = layers[li];
     Rng rng(1234 + li);
     DenseConv dense(l, rng);
     const int64_t P = (l.H + 2 * l.pad - l.R) / l.stride + 1, Q = (l.W + 2 * l.pad - l.R) / l.stride + 1;

@@ -52,10 +52,22 @@ Bitmap Bitmap::nonzeros_of(const Tensor& t) {
     }
     return b;
   }
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t hw = 0; hw < HW; ++hw)
-        if (t.at(n, c, hw / W, hw % W) != 0.0f) b.set((n * C + c) * HW + hw);
+  // NCHW16n: image n is lane n % 16 of its block; the same split by images.
+  auto set_image = [&](int64_t n) {
+    const float* blk = p + (n / 16) * C * HW * 16 + n % 16;
+    for (int64_t c = 0; c < C; ++c) {
+      const float* plane = blk + c * HW * 16;
+      const int64_t bit0 = (n * C + c) * HW;
+      for (int64_t i = 0; i < HW; ++i)
+        if (plane[i * 16] != 0.0f) b.set(bit0 + i);
+    }
+  };
+  if ((C * HW) % 64 == 0) {
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) set_image(n);
+  } else {
+    for (int64_t n = 0; n < N; ++n) set_image(n);
+  }
   return b;
 }
 

@@ -122,11 +122,31 @@ Tensor Tensor::to_layout(Layout layout) const {
   if (layout == layout_) return *this;
   TRAINER_CHECK(rank() == 4, "layout conversion needs a 4-D tensor, got {}", shape_str(shape_));
   Tensor out(shape_, layout);
-  const int64_t N = shape_[0], C = shape_[1], H = shape_[2], W = shape_[3];
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t w = 0; w < W; ++w) out.at(n, c, h, w) = at(n, c, h, w);
+  const int64_t N = shape_[0], C = shape_[1], HW = shape_[2] * shape_[3];
+  // Every layout stores a (n, c) plane as HW elements at a fixed step (1 plain, 16 blocked) from a base;
+  // copy plane by plane, the threads taking blocks of 16 planes that share cache lines on both sides.
+  const int64_t CB = (C + 15) / 16;
+  auto base = [&](Layout l, int64_t n, int64_t c) -> int64_t {
+    switch (l) {
+      case Layout::plain: return (n * C + c) * HW;
+      case Layout::nChw16c: return (n * CB + c / 16) * HW * 16 + c % 16;
+      case Layout::NCHW16n: return ((n / 16) * C + c) * HW * 16 + n % 16;
+    }
+    return 0;
+  };
+  const int64_t si = layout_ == Layout::plain ? 1 : 16, so = layout == Layout::plain ? 1 : 16;
+  const float* src = data();
+  float* dst = out.data();
+  const int64_t NB = (N + 15) / 16;
+#pragma omp parallel for collapse(2) schedule(static) if (N * C * HW > 65536)
+  for (int64_t nb = 0; nb < NB; ++nb)
+    for (int64_t cb = 0; cb < CB; ++cb)
+      for (int64_t n = nb * 16; n < std::min(N, nb * 16 + 16); ++n)
+        for (int64_t c = cb * 16; c < std::min(C, cb * 16 + 16); ++c) {
+          const float* s = src + base(layout_, n, c);
+          float* d = dst + base(layout, n, c);
+          for (int64_t i = 0; i < HW; ++i) d[i * so] = s[i * si];
+        }
   return out;
 }
 

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include "core/bitmap.hpp"
 #include "core/error.hpp"
 #include "core/tensor.hpp"
 
@@ -49,3 +50,50 @@ TEST(Tensor, ImageBlockedLayoutRoundTrips) {
   Tensor back = b.to_layout(Layout::plain);
   for (int64_t i = 0; i < t.numel(); ++i) ASSERT_EQ(back.data()[i], t.data()[i]);
 }
+
+namespace trainer {
+namespace {
+
+// Between the two blocked layouts directly (the dense-kernel fallback of sparse training), on a tensor
+// large enough for the threaded path, with partial blocks of both images and channels.
+TEST(Tensor, BlockedLayoutsConvertIntoEachOther) {
+  Tensor t({37, 21, 11, 13});
+  for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = static_cast<float>(i % 1009 + 1);
+  const Tensor a = t.to_layout(Layout::nChw16c);
+  const Tensor b = a.to_layout(Layout::NCHW16n);
+  const Tensor c = b.to_layout(Layout::nChw16c);
+  for (int64_t n = 0; n < 37; n += 3)
+    for (int64_t ch = 0; ch < 21; ++ch) {
+      ASSERT_EQ(b.at(n, ch, 10, 12), t.at(n, ch, 10, 12));
+      ASSERT_EQ(b.at(n, ch, 3, 0), t.at(n, ch, 3, 0));
+    }
+  ASSERT_EQ(c.storage_size(), a.storage_size());
+  for (int64_t i = 0; i < a.storage_size(); ++i) ASSERT_EQ(c.data()[i], a.data()[i]) << i;  // padding too
+  int64_t zeros = 0;
+  for (int64_t i = 0; i < b.storage_size(); ++i) zeros += b.data()[i] == 0.0f;
+  EXPECT_EQ(zeros, (48 - 37) * 21 * 11 * 13);  // only the padding images
+  const Tensor back = b.to_layout(Layout::plain);
+  for (int64_t i = 0; i < t.numel(); ++i) ASSERT_EQ(back.data()[i], t.data()[i]);
+}
+
+// The nonzero map of a tensor is in logical order whatever its layout (threaded and serial paths).
+TEST(Bitmap, NonzerosAreTheSameInEveryLayout) {
+  for (const Shape& shape : {Shape{37, 16, 4, 4}, Shape{19, 5, 3, 7}}) {
+    Tensor t(shape);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = (i * 7919) % 3 == 0 ? 0.0f : 1.0f + i % 5;
+    const Bitmap want = Bitmap::nonzeros_of(t);
+    EXPECT_EQ(want.count(), [&] {
+      int64_t n = 0;
+      for (int64_t i = 0; i < t.numel(); ++i) n += t.data()[i] != 0.0f;
+      return n;
+    }());
+    for (Layout l : {Layout::nChw16c, Layout::NCHW16n}) {
+      const Bitmap got = Bitmap::nonzeros_of(t.to_layout(l));
+      ASSERT_EQ(got.size(), want.size());
+      for (int64_t i = 0; i < want.size(); ++i) ASSERT_EQ(got.test(i), want.test(i)) << layout_name(l) << " " << i;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace trainer

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Sparse training end to end on Fashion-MNIST: throughput and accuracy of pruned runs beside dense ones,
+# all on this machine, one after the other, same threads and batch.
+#
+#   bench/sparse_train.sh                      # throughput: PyTorch dense, Trainer dense, Trainer at 90%
+#                                              #   sparsity with each policy (200 steps each)
+#   bench/sparse_train.sh --accuracy --epochs 4
+#                                              # accuracy table: dense, then policy x sparsity 80/90/95%
+#   options: --model resnet20 --width 16 --threads 2 --batch-size 128 --steps 200 --sparsities "0.8 0.9 0.95"
+#            --policies "magnitude dns rigl" --distribution uniform|erk --kernels auto|sparse|dense
+#            --calibration FILE --no-torch
+#
+# Throughput mode measures the steady state at the target: masks at the final sparsity from the first
+# step (--initial-sparsity = --sparsity, pruning from step 0), so that no dense warm-up is in the
+# timing. Accuracy mode trains the whole schedule (magnitude and dns prune gradually from 10% to 75% of
+# the run; rigl holds the sparsity from the start and stops updating masks at 75%).
+#
+# Recipe (every run): SGD momentum 0.9 Nesterov, weight decay 5e-4, one-cycle schedule (peak lr 0.1),
+# Kaiming init, crop 2 + flip augmentation for accuracy runs, batch 128, 2 threads. Run on a quiet
+# machine: with 2 threads any other load distorts timings (docs/benchmarks.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+model=resnet20
+width=16
+threads=2
+batch=128
+steps=200
+epochs=4
+accuracy=0
+sparsities="0.8 0.9 0.95"
+policies="magnitude dns rigl"
+distribution=uniform
+kernels=auto
+calibration=()
+torch=1
+data_dir=/usr/share/datasets/fashion-mnist
+while (( $# )); do
+  case "$1" in
+    --model) model="$2"; shift 2 ;;
+    --width) width="$2"; shift 2 ;;
+    --threads) threads="$2"; shift 2 ;;
+    --batch-size) batch="$2"; shift 2 ;;
+    --steps) steps="$2"; shift 2 ;;
+    --epochs) epochs="$2"; shift 2 ;;
+    --accuracy) accuracy=1; shift ;;
+    --sparsities) sparsities="$2"; shift 2 ;;
+    --policies) policies="$2"; shift 2 ;;
+    --distribution) distribution="$2"; shift 2 ;;
+    --kernels) kernels="$2"; shift 2 ;;
+    --calibration) calibration=(--calibration "$2"); shift 2 ;;
+    --no-torch) torch=0; shift ;;
+    --data-dir) data_dir="$2"; shift 2 ;;
+    *) echo "sparse_train.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+if (( torch )); then TRAINER_WITH_TORCH=1 scripts/install-deps >/dev/null; else scripts/install-deps >/dev/null; fi
+scripts/build >/dev/null
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+summarise() {  # metrics file -> "images_per_s test_acc sparsity"
+  /usr/bin/python3 - "$1" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+rows = [r for r in rows if "epoch" in r]
+ips = sum(r["images_per_s"] for r in rows) / len(rows)
+acc = rows[-1].get("test_acc")
+sp = rows[-1].get("sparsity", 0.0)
+print(f"{ips:.1f} {acc if acc is not None else float('nan'):.4f} {sp:.4f}")
+PY
+}
+
+common=(--model "$model" --width "$width" --batch-size "$batch" --threads "$threads" --data-dir "$data_dir"
+        --lr 0.1 --schedule onecycle --nesterov --momentum 0.9 --weight-decay 5e-4 --init kaiming
+        --progress off --no-ops-summary)
+
+run_trainer() {  # name, extra args...
+  local name="$1"; shift
+  OMP_NUM_THREADS=$threads build/trainer train "${common[@]}" --metrics "$out/$name.jsonl" "$@" \
+    > "$out/$name.log" 2> "$out/$name.err" || { cat "$out/$name.err" >&2; exit 1; }
+  summarise "$out/$name.jsonl"
+}
+
+if (( accuracy == 0 )); then
+  run=(--epochs 1 --max-steps "$steps" --eval-every 1)
+  printf '%-22s %10s %12s %12s\n' run "images/s" "vs dense" "vs pytorch"
+  torch_ips=""
+  if (( torch )); then
+    /usr/bin/python3 bench/pytorch_train.py --model "$model" --width "$width" --epochs 1 --max-steps "$steps" \
+      --batch-size "$batch" --lr 0.1 --threads "$threads" --data-dir "$data_dir" > "$out/torch.jsonl"
+    read -r torch_ips _ _ < <(summarise "$out/torch.jsonl")
+    printf '%-22s %10.0f %12s %12s\n' "pytorch dense" "$torch_ips" "" "1.00"
+  fi
+  read -r dense_ips _ _ < <(run_trainer dense "${run[@]}")
+  vs_t=""; [[ -n "$torch_ips" ]] && vs_t=$(awk -v a="$dense_ips" -v b="$torch_ips" 'BEGIN{printf "%.2f", a/b}')
+  printf '%-22s %10.0f %12s %12s\n' "trainer dense" "$dense_ips" "1.00" "$vs_t"
+  for s in $sparsities; do
+    for p in $policies; do
+      read -r ips _ sp < <(run_trainer "$p-$s" "${run[@]}" --prune "$p" --sparsity "$s" --initial-sparsity "$s" \
+        --prune-begin 0 --prune-distribution "$distribution" --kernels "$kernels" "${calibration[@]}")
+      vs_d=$(awk -v a="$ips" -v b="$dense_ips" 'BEGIN{printf "%.2f", a/b}')
+      vs_t=""; [[ -n "$torch_ips" ]] && vs_t=$(awk -v a="$ips" -v b="$torch_ips" 'BEGIN{printf "%.2f", a/b}')
+      printf '%-22s %10.0f %12s %12s   (sparsity %.1f%%)\n' "$p $s" "$ips" "$vs_d" "$vs_t" \
+        "$(awk -v x="$sp" 'BEGIN{print 100*x}')"
+    done
+  done
+else
+  run=(--epochs "$epochs" --augment-crop 2 --augment-flip)
+  printf '%-12s %9s %10s %10s %10s %12s\n' policy sparsity "test acc" "vs dense" "images/s" "measured sp"
+  read -r dense_ips dense_acc _ < <(run_trainer dense "${run[@]}")
+  printf '%-12s %9s %9.2f%% %10s %10.0f %12s\n' dense 0 "$(awk -v a="$dense_acc" 'BEGIN{print 100*a}')" "" \
+    "$dense_ips" ""
+  for p in $policies; do
+    for s in $sparsities; do
+      read -r ips acc sp < <(run_trainer "$p-$s" "${run[@]}" --prune "$p" --sparsity "$s" \
+        --prune-distribution "$distribution" --kernels "$kernels" "${calibration[@]}")
+      printf '%-12s %9s %9.2f%% %+9.2f %10.0f %11.1f%%\n' "$p" "$s" "$(awk -v a="$acc" 'BEGIN{print 100*a}')" \
+        "$(awk -v a="$acc" -v b="$dense_acc" 'BEGIN{print 100*(a-b)}')" "$ips" "$(awk -v x="$sp" 'BEGIN{print 100*x}')"
+    done
+  done
+fi
