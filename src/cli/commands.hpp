@@ -22,5 +22,6 @@ class UsageError : public Error {
 
 Command add_train_command(CLI::App& root);
 Command add_models_command(CLI::App& root);
+Command add_calibrate_command(CLI::App& root);
 
 }  // namespace trainer::cli

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   try {
     commands.push_back(add_train_command(app));
     commands.push_back(add_models_command(app));
+    commands.push_back(add_calibrate_command(app));
     // Subcommands that run from their CLI11 callback, during parse(); their errors land in the catch below.
     trainer::add_simulate_command(app);
     app.parse(argc, argv);

@@ -120,8 +120,19 @@ int64_t Tensor::offset(int64_t n, int64_t c, int64_t h, int64_t w) const {
 
 Tensor Tensor::to_layout(Layout layout) const {
   if (layout == layout_) return *this;
+  Tensor out;
+  convert_to(layout, out);
+  return out;
+}
+
+void Tensor::convert_to(Layout layout, Tensor& out) const {
+  TRAINER_CHECK(&out != this, "layout conversion into the tensor itself");
+  if (layout == layout_) {
+    out = *this;
+    return;
+  }
   TRAINER_CHECK(rank() == 4, "layout conversion needs a 4-D tensor, got {}", shape_str(shape_));
-  Tensor out(shape_, layout);
+  out.resize(shape_, layout);  // padding (channels or images) comes back zero
   const int64_t N = shape_[0], C = shape_[1], HW = shape_[2] * shape_[3];
   // Every layout stores a (n, c) plane as HW elements at a fixed step (1 plain, 16 blocked) from a base;
   // copy plane by plane, the threads taking blocks of 16 planes that share cache lines on both sides.
@@ -138,6 +149,37 @@ Tensor Tensor::to_layout(Layout layout) const {
   const float* src = data();
   float* dst = out.data();
   const int64_t NB = (N + 15) / 16;
+  if (layout_ != Layout::plain && layout != Layout::plain) {
+    // Between the two blocked layouts: per (image block, channel block, position) a 16x16 transpose
+    // through a tile, reading and writing whole 64-byte vectors (padding lanes written as zero).
+    const bool from_n = layout_ == Layout::NCHW16n;
+#pragma omp parallel for collapse(2) schedule(static) if (N * C * HW > 65536)
+    for (int64_t nb = 0; nb < NB; ++nb)
+      for (int64_t cb = 0; cb < CB; ++cb) {
+        const int64_t nmax = std::min<int64_t>(16, N - nb * 16), cmax = std::min<int64_t>(16, C - cb * 16);
+        alignas(64) float tile[16][16];
+        for (int64_t i = 0; i < HW; ++i) {
+          // tile[a][b]: a = the source's outer index of the block (c for NCHW16n, n for nChw16c), b its lane.
+          const int64_t amax = from_n ? cmax : nmax;
+          for (int64_t a = 0; a < 16; ++a) {
+            if (a < amax) {
+              const float* v = from_n ? src + ((nb * C + cb * 16 + a) * HW + i) * 16
+                                      : src + (((nb * 16 + a) * CB + cb) * HW + i) * 16;
+              for (int b = 0; b < 16; ++b) tile[a][b] = v[b];
+            } else {
+              for (int b = 0; b < 16; ++b) tile[a][b] = 0.0f;
+            }
+          }
+          const int64_t outer = from_n ? nmax : cmax;  // the destination's outer index range
+          for (int64_t o = 0; o < outer; ++o) {
+            float* v = from_n ? dst + (((nb * 16 + o) * CB + cb) * HW + i) * 16
+                              : dst + ((nb * C + cb * 16 + o) * HW + i) * 16;
+            for (int a = 0; a < 16; ++a) v[a] = tile[a][o];
+          }
+        }
+      }
+    return;
+  }
 #pragma omp parallel for collapse(2) schedule(static) if (N * C * HW > 65536)
   for (int64_t nb = 0; nb < NB; ++nb)
     for (int64_t cb = 0; cb < CB; ++cb)
@@ -147,7 +189,6 @@ Tensor Tensor::to_layout(Layout layout) const {
           float* d = dst + base(layout, n, c);
           for (int64_t i = 0; i < HW; ++i) d[i * so] = s[i * si];
         }
-  return out;
 }
 
 Tensor Tensor::reshaped(const Shape& shape) const {

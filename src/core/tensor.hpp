@@ -59,6 +59,9 @@ class Tensor {
 
   // A copy in another physical layout (same logical contents).
   Tensor to_layout(Layout layout) const;
+  // The same into `out` (resized, its storage reused: no allocation once it is large enough), the way
+  // kernels move activations between layouts every step. out must not be this tensor.
+  void convert_to(Layout layout, Tensor& out) const;
   // Reinterprets a plain tensor with another logical shape of the same element count.
   Tensor reshaped(const Shape& shape) const;
 

@@ -6,7 +6,9 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iterator>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <utility>
 
@@ -24,9 +26,12 @@ const char* conv_kernel_name(ConvKernel k) { return k == ConvKernel::dense ? "de
 
 const char* conv_phase_name(ConvPhase p) {
   switch (p) {
-    case ConvPhase::ff: return "ff";
-    case ConvPhase::bp: return "bp";
-    case ConvPhase::wg: return "wg";
+    case ConvPhase::ff:
+      return "ff";
+    case ConvPhase::bp:
+      return "bp";
+    case ConvPhase::wg:
+      return "wg";
   }
   return "?";
 }
@@ -38,7 +43,9 @@ constexpr ConvKernel kKernels[2] = {ConvKernel::dense, ConvKernel::sparse};
 constexpr const char* kCoeffNames[3] = {"ns_per_call", "ns_per_mac", "ns_per_elem"};
 constexpr int kFormatVersion = 1;
 
-double& coeff_ref(KernelCoeffs& c, int i) { return i == 0 ? c.ns_per_call : i == 1 ? c.ns_per_mac : c.ns_per_elem; }
+double& coeff_ref(KernelCoeffs& c, int i) {
+  return i == 0 ? c.ns_per_call : i == 1 ? c.ns_per_mac : c.ns_per_elem;
+}
 double coeff_val(const KernelCoeffs& c, int i) {
   return i == 0 ? c.ns_per_call : i == 1 ? c.ns_per_mac : c.ns_per_elem;
 }
@@ -47,8 +54,7 @@ double coeff_val(const KernelCoeffs& c, int i) {
 
 double conv_activation_elems(ConvPhase /*phase*/, const ConvGeom& g) {
   // ff: x + y; bp: dy + dx; wg: x + dy: the input-sized and the output-sized operand in every phase.
-  return static_cast<double>(g.N) *
-         static_cast<double>(g.C * g.H * g.W + g.K * g.P() * g.Q());
+  return static_cast<double>(g.N) * static_cast<double>(g.C * g.H * g.W + g.K * g.P() * g.Q());
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -82,18 +88,20 @@ double ConvCostModel::break_even_density(ConvPhase phase, const ConvGeom& g, boo
   return std::clamp(d, 0.0, 1.0);
 }
 
-// Fitted by `trainer calibrate --threads 2 --batch 64 --repeats 7` (see docs/sparse-training.md for the
-// measured times) on the development machine: a 2-core Intel Xeon VM with AVX-512, oneDNN 2.x.
+// Fitted by `trainer calibrate --threads 2 --batch 64 --repeats 30` on the development machine (a 2-vCPU
+// Intel Xeon VM with AVX-512, oneDNN 2.6, gcc 12 -O3 -march=native), load average 0.9, after layout
+// conversions became blocked transposes into reused buffers (reorder 0.42 ns per element, was 0.85); the
+// measured times and the break-even densities are in docs/sparse-training.md.
 ConvCostModel ConvCostModel::defaults() {
   ConvCostModel m;
   // {ns_per_call, ns_per_mac, ns_per_elem}
-  m.at(ConvPhase::ff, ConvKernel::dense) = {0.0, 0.0, 0.0};
-  m.at(ConvPhase::ff, ConvKernel::sparse) = {0.0, 0.0, 0.0};
-  m.at(ConvPhase::bp, ConvKernel::dense) = {0.0, 0.0, 0.0};
-  m.at(ConvPhase::bp, ConvKernel::sparse) = {0.0, 0.0, 0.0};
-  m.at(ConvPhase::wg, ConvKernel::dense) = {0.0, 0.0, 0.0};
-  m.at(ConvPhase::wg, ConvKernel::sparse) = {0.0, 0.0, 0.0};
-  m.reorder_ns_per_elem = 0.0;
+  m.at(ConvPhase::ff, ConvKernel::dense) = {41736.6, 0.00459261, 0.0972477};
+  m.at(ConvPhase::ff, ConvKernel::sparse) = {51640.6, 0.0140556, 0.0310134};
+  m.at(ConvPhase::bp, ConvKernel::dense) = {57890.7, 0.00466121, 0.131978};
+  m.at(ConvPhase::bp, ConvKernel::sparse) = {53074.6, 0.0131737, 0.0337482};
+  m.at(ConvPhase::wg, ConvKernel::dense) = {0, 0.00635335, 0.0799059};
+  m.at(ConvPhase::wg, ConvKernel::sparse) = {41754.6, 0.0181247, 0.0665204};
+  m.reorder_ns_per_elem = 0.418548;
   m.threads = 2;
   m.source = "built-in defaults";
   return m;
@@ -110,14 +118,16 @@ using json = nlohmann::ordered_json;
   fail("calibration '{}': key '{}' {}", path, key, what);
 }
 
-const json& member(const json& obj, const std::string& name, const std::string& path, const std::string& key) {
+const json& member(const json& obj, const std::string& name, const std::string& path,
+                   const std::string& key) {
   if (!obj.is_object()) bad_key(path, key.substr(0, key.rfind('.')), "must be an object");
   const auto it = obj.find(name);
   if (it == obj.end()) bad_key(path, key, "missing");
   return *it;
 }
 
-double non_negative(const json& obj, const std::string& name, const std::string& path, const std::string& key) {
+double non_negative(const json& obj, const std::string& name, const std::string& path,
+                    const std::string& key) {
   const json& v = member(obj, name, path, key);
   if (!v.is_number() || !(v.get<double>() >= 0.0) || !std::isfinite(v.get<double>()))
     bad_key(path, key, fmt::format("must be a non-negative number (got {})", v.dump()));
@@ -246,10 +256,11 @@ FitResult fit_kernel_coeffs(const std::vector<FitPoint>& points) {
   std::vector<std::array<double, 3>> a;
   std::vector<double> b;
   for (const FitPoint& p : points) {
-    TRAINER_CHECK(p.ns > 0.0 && std::isfinite(p.ns) && p.macs >= 0.0 && p.elems >= 0.0,
-                  "cost model fit: a point needs a positive time and non-negative counts (got {} ns, {} macs, "
-                  "{} elems)",
-                  p.ns, p.macs, p.elems);
+    TRAINER_CHECK(
+        p.ns > 0.0 && std::isfinite(p.ns) && p.macs >= 0.0 && p.elems >= 0.0,
+        "cost model fit: a point needs a positive time and non-negative counts (got {} ns, {} macs, "
+        "{} elems)",
+        p.ns, p.macs, p.elems);
     a.push_back({1.0 / p.ns, p.macs / p.ns, p.elems / p.ns});  // relative error: rows weighted by 1/t
     b.push_back(1.0);
   }
@@ -354,18 +365,35 @@ Tensor random_tensor(const Shape& shape, Layout layout, Rng& rng) {
   return layout == Layout::plain ? t : t.to_layout(layout);
 }
 
-// The fastest of `repeats` timed runs after one warm-up, in ns.
-template <typename Fn>
-double fastest_ns(int repeats, Fn&& fn) {
-  fn();
-  double best = INFINITY;
-  for (int i = 0; i < repeats; ++i) {
-    const uint64_t t0 = now_ns();
-    fn();
-    best = std::min(best, static_cast<double>(now_ns() - t0));
-  }
-  return std::max(best, 1.0);
-}
+}  // namespace
+
+namespace {
+
+// Everything one calibration shape needs, created before any timing.
+struct ShapeRun {
+  const CalShape* cs = nullptr;
+  ConvGeom g;
+  Tensor x16c, dy16c, x16n, dy16n, w;
+  std::unique_ptr<ConvDnnl> conv;
+  Tensor y, dx, dw;
+  struct Sparse {
+    double density = 1.0;
+    SparseWeights sw;
+    SparseConvScratch scratch;  // one per weight structure, so that its cached tap programs stay valid
+    std::vector<float> values;
+    SparseCounters counters[3];
+  };
+  std::vector<std::unique_ptr<Sparse>> sparse;
+  Tensor ysp, dxsp;       // the sparse kernels' outputs (shared: only written)
+  Tensor reorder_src[4];  // x and dy in nChw16c and in NCHW16n
+  Tensor reorder_dst[4];  // where they are converted to (kept, as Conv2d keeps its buffers)
+};
+
+// One timed call: the fastest of the timed passes lands in *ns.
+struct Job {
+  std::function<void()> run;
+  double* ns;
+};
 
 }  // namespace
 
@@ -389,76 +417,135 @@ CalibrationData measure_conv_kernels(const CalibrationOptions& o, std::FILE* log
   else
     for (int i = 0; i < static_cast<int>(std::size(kShapes)); ++i) shapes.push_back(i);
 
-  if (log)
-    fmt::print(log, "calibrating: {} threads, batch {}, {} shapes x {} densities, fastest of {} runs\n", o.threads,
-               o.batch, shapes.size(), data.densities.size(), o.repeats);
+  // Operands, weights and kernels for every point first.
   const int64_t N = o.batch;
+  std::vector<std::unique_ptr<ShapeRun>> runs;
   for (int si : shapes) {
+    auto r = std::make_unique<ShapeRun>();
     const CalShape& cs = kShapes[si];
+    r->cs = &cs;
     Rng rng(0x5eedc0de + static_cast<uint64_t>(si));
-    ConvGeom g;
+    ConvGeom& g = r->g;
     g.N = N, g.C = cs.C, g.H = cs.H, g.W = cs.H, g.K = cs.K, g.R = cs.R, g.S = cs.R, g.stride = cs.stride,
     g.pad = cs.pad;
-    const Shape xs = {N, g.C, g.H, g.W}, ys = {N, g.K, g.P(), g.Q()};
-    const Tensor x_plain = random_tensor(xs, Layout::plain, rng), dy_plain = random_tensor(ys, Layout::plain, rng);
-    const Tensor x16c = x_plain.to_layout(Layout::nChw16c), dy16c = dy_plain.to_layout(Layout::nChw16c);
-    const Tensor x16n = x_plain.to_layout(Layout::NCHW16n), dy16n = dy_plain.to_layout(Layout::NCHW16n);
-    const Tensor w = random_tensor({g.K, g.C, g.R, g.S}, Layout::plain, rng);
-    const double macs = static_cast<double>(g.macs());
-    auto add = [&](ConvPhase p, ConvKernel k, double density, double executed, double ns) {
+    const Tensor x = random_tensor({N, g.C, g.H, g.W}, Layout::plain, rng);
+    const Tensor dy = random_tensor({N, g.K, g.P(), g.Q()}, Layout::plain, rng);
+    r->x16c = x.to_layout(Layout::nChw16c), r->dy16c = dy.to_layout(Layout::nChw16c);
+    r->x16n = x.to_layout(Layout::NCHW16n), r->dy16n = dy.to_layout(Layout::NCHW16n);
+    r->w = random_tensor({g.K, g.C, g.R, g.S}, Layout::plain, rng);
+    r->conv = std::make_unique<ConvDnnl>(g.C, g.K, g.R, g.S, g.stride, g.pad, false);
+    for (double density : data.densities) {
+      auto sp = std::make_unique<ShapeRun::Sparse>();
+      sp->density = density;
+      Tensor mask({g.K, g.C, g.R, g.S});
+      for (int64_t i = 0; i < mask.numel(); ++i) mask.data()[i] = rng.uniform() < density ? 1.0f : 0.0f;
+      sp->sw.build(r->w, mask, g.stride, g.pad);
+      sp->values.resize(static_cast<size_t>(std::max<int64_t>(sp->sw.nnz(), 1)));
+      r->sparse.push_back(std::move(sp));
+    }
+    r->reorder_src[0] = r->x16c, r->reorder_src[1] = r->x16n, r->reorder_src[2] = r->dy16c,
+    r->reorder_src[3] = r->dy16n;
+    runs.push_back(std::move(r));
+  }
+
+  // The samples, and a job per sample. Dense: oneDNN on nChw16c, as Conv2d runs it (each ff reorders
+  // the weights from OIHW). Sparse: NCHW16n, weights kept at random to each density; WG as
+  // sparse_conv_wg_values. Reorders: x and dy, both ways.
+  for (const auto& r : runs) {
+    const ConvGeom& g = r->g;
+    auto add = [&](ConvPhase p, ConvKernel k, double density) {
       CalibrationSample s;
-      s.shape = cs.name;
+      s.shape = r->cs->name;
       s.geom = g;
       s.phase = p;
       s.kernel = k;
       s.weight_density = density;
-      s.executed_macs = executed;
+      s.executed_macs = static_cast<double>(g.macs());
       s.activation_elems = conv_activation_elems(p, g);
-      s.ns = ns;
       data.samples.push_back(std::move(s));
     };
+    for (ConvPhase p : kPhases) add(p, ConvKernel::dense, 1.0);
+    for (const auto& sp : r->sparse)
+      for (ConvPhase p : kPhases) add(p, ConvKernel::sparse, sp->density);
+    for (const Tensor& t : r->reorder_src) data.reorders.push_back({static_cast<double>(t.numel()), 0.0});
+  }
+  std::vector<Job> jobs;
+  {
+    size_t si = 0, ri = 0;
+    for (const auto& rp : runs) {
+      ShapeRun& r = *rp;
+      jobs.push_back({[&r] { r.conv->ff(r.x16c, r.w, nullptr, r.y); }, &data.samples[si++].ns});
+      jobs.push_back({[&r] { r.conv->bp(r.x16c, r.dy16c, r.w, r.dx); }, &data.samples[si++].ns});
+      jobs.push_back({[&r] { r.conv->wg(r.x16c, r.dy16c, r.dw, nullptr); }, &data.samples[si++].ns});
+      for (const auto& spp : r.sparse) {
+        ShapeRun::Sparse& sp = *spp;
+        jobs.push_back({[&r, &sp] { sp.counters[0] = sparse_conv_ff(r.x16n, sp.sw, r.ysp, sp.scratch); },
+                        &data.samples[si++].ns});
+        jobs.push_back({[&r, &sp] {
+                          sp.counters[1] = sparse_conv_bp(r.dy16n, sp.sw, r.x16n.shape(), r.dxsp, sp.scratch);
+                        },
+                        &data.samples[si++].ns});
+        jobs.push_back({[&r, &sp] {
+                          sp.counters[2] = sparse_conv_wg_values(r.x16n, r.dy16n, sp.sw, sp.values.data(),
+                                                                 nullptr, sp.scratch);
+                        },
+                        &data.samples[si++].ns});
+      }
+      for (int i = 0; i < 4; ++i) {
+        const Tensor& t = r.reorder_src[i];
+        Tensor& dst = r.reorder_dst[i];
+        const Layout to = t.layout() == Layout::nChw16c ? Layout::NCHW16n : Layout::nChw16c;
+        jobs.push_back({[&t, &dst, to] { t.convert_to(to, dst); }, &data.reorders[ri++].ns});
+      }
+    }
+  }
 
-    // Dense: oneDNN on nChw16c, as Conv2d runs it (weights reordered from OIHW by each ff).
-    ConvDnnl conv(g.C, g.K, g.R, g.S, g.stride, g.pad, false);
-    Tensor y, dx, dw;
-    double dense_ns[3];
-    dense_ns[0] = fastest_ns(o.repeats, [&] { conv.ff(x16c, w, nullptr, y); });
-    dense_ns[1] = fastest_ns(o.repeats, [&] { conv.bp(x16c, dy16c, w, dx); });
-    dense_ns[2] = fastest_ns(o.repeats, [&] { conv.wg(x16c, dy16c, dw, nullptr); });
-    for (int p = 0; p < 3; ++p) add(kPhases[p], ConvKernel::dense, 1.0, macs, dense_ns[p]);
-    if (log)
-      fmt::print(log, "  {:<22} dense  ff {:8.3f} ms  bp {:8.3f} ms  wg {:8.3f} ms  (oneDNN {})\n", cs.name,
-                 dense_ns[0] * 1e-6, dense_ns[1] * 1e-6, dense_ns[2] * 1e-6, conv.implementations(x16c));
-
-    // Sparse: NCHW16n, weights kept at random to each density.
-    SparseConvScratch scratch;
-    Tensor ysp, dxsp;
-    for (double density : data.densities) {
-      Tensor mask({g.K, g.C, g.R, g.S});
-      for (int64_t i = 0; i < mask.numel(); ++i) mask.data()[i] = rng.uniform() < density ? 1.0f : 0.0f;
-      SparseWeights sw;
-      sw.build(w, mask, g.stride, g.pad);
-      std::vector<float> values(static_cast<size_t>(std::max<int64_t>(sw.nnz(), 1)));
-      SparseCounters c[3];
-      double ns[3];
-      ns[0] = fastest_ns(o.repeats, [&] { c[0] = sparse_conv_ff(x16n, sw, ysp, scratch); });
-      ns[1] = fastest_ns(o.repeats, [&] { c[1] = sparse_conv_bp(dy16n, sw, xs, dxsp, scratch); });
-      ns[2] = fastest_ns(o.repeats,
-                         [&] { c[2] = sparse_conv_wg_values(x16n, dy16n, sw, values.data(), nullptr, scratch); });
-      for (int p = 0; p < 3; ++p)
-        add(kPhases[p], ConvKernel::sparse, density, static_cast<double>(c[p].executed_macs), ns[p]);
-      if (log)
-        fmt::print(log, "  {:<22} sparse ff {:8.3f} ms  bp {:8.3f} ms  wg {:8.3f} ms  (density {:.0f}%, kept {:.1f}%)\n",
-                   cs.name, ns[0] * 1e-6, ns[1] * 1e-6, ns[2] * 1e-6, 100 * density, 100 * sw.density());
+  if (log)
+    fmt::print(
+        log,
+        "calibrating: {} threads, batch {}, {} shapes x {} densities; {} calls, each timed once per pass "
+        "(the fastest of {} passes counts, after a warm-up pass)\n",
+        o.threads, o.batch, shapes.size(), data.densities.size(), jobs.size(), o.repeats);
+  // Passes over all the calls rather than repeats of one: a burst of load from another process then
+  // spoils one run of many points instead of every run of one.
+  for (Job& j : jobs) {
+    j.run();
+    *j.ns = INFINITY;
+  }
+  for (int pass = 0; pass < o.repeats; ++pass)
+    for (Job& j : jobs) {
+      const uint64_t t0 = now_ns();
+      j.run();
+      *j.ns = std::min(*j.ns, std::max(static_cast<double>(now_ns() - t0), 1.0));
     }
 
-    // Reorders between the two kernels' layouts, both ways, for the input- and the output-sized operand.
-    for (const Tensor* t : {&x16c, &dy16c}) {
-      const Tensor other = t->to_layout(Layout::NCHW16n);
-      const double to16n = fastest_ns(o.repeats, [&] { (void)t->to_layout(Layout::NCHW16n); });
-      const double to16c = fastest_ns(o.repeats, [&] { (void)other.to_layout(Layout::nChw16c); });
-      data.reorders.push_back({static_cast<double>(t->numel()), to16n});
-      data.reorders.push_back({static_cast<double>(t->numel()), to16c});
+  // What the sparse kernels executed (the same in every run).
+  {
+    size_t si = 0;
+    for (const auto& r : runs) {
+      si += 3;
+      for (const auto& sp : r->sparse)
+        for (int p = 0; p < 3; ++p)
+          data.samples[si++].executed_macs = static_cast<double>(sp->counters[p].executed_macs);
+    }
+  }
+  if (log) {
+    size_t si = 0;
+    for (const auto& r : runs) {
+      const CalibrationSample* s = &data.samples[si];
+      fmt::print(log, "  {:<22} dense  ff {:8.3f} ms  bp {:8.3f} ms  wg {:8.3f} ms  (oneDNN {})\n",
+                 r->cs->name, s[0].ns * 1e-6, s[1].ns * 1e-6, s[2].ns * 1e-6,
+                 r->conv->implementations(r->x16c));
+      si += 3;
+      for (const auto& sp : r->sparse) {
+        s = &data.samples[si];
+        fmt::print(
+            log,
+            "  {:<22} sparse ff {:8.3f} ms  bp {:8.3f} ms  wg {:8.3f} ms  (density {:.0f}%, kept {:.1f}%)\n",
+            r->cs->name, s[0].ns * 1e-6, s[1].ns * 1e-6, s[2].ns * 1e-6, 100 * sp->density,
+            100 * sp->sw.density());
+        si += 3;
+      }
     }
   }
   return data;

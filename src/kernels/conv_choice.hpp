@@ -65,7 +65,8 @@ struct ConvCostModel {
   // Expected time of one call. density: executed multiplies / g.macs(), clamped to [0, 1] (NaN counts
   // as 1); ignored for dense, which executes all of them. reorder: the activations are held in the
   // other kernel's layout.
-  double estimate_ns(ConvPhase phase, ConvKernel kernel, const ConvGeom& g, double density, bool reorder) const;
+  double estimate_ns(ConvPhase phase, ConvKernel kernel, const ConvGeom& g, double density,
+                     bool reorder) const;
 
   // The kernel with the lower estimate (dense on a tie). activations_nchw16n: the layout the activations
   // are held in (NCHW16n favours sparse, nChw16c favours dense, through the reorder term).
@@ -93,7 +94,8 @@ struct ConvCostModel {
 struct CalibrationOptions {
   int threads = 2;
   int batch = 64;
-  int repeats = 5;     // timed runs per point (the fastest counts), after one warm-up
+  // Timed passes over all the points (the fastest run of each point counts), after a warm-up pass.
+  int repeats = 10;
   bool quick = false;  // fewer shapes and densities (for tests)
 };
 

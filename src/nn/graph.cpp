@@ -74,7 +74,7 @@ const Tensor& Graph::forward(const Tensor& x, bool training, OpStream* ops) {
   TRAINER_CHECK(!nodes_.empty(), "graph: the model has no layers");
   input_ = &x;
   if (input_layout_ != Layout::plain && x.rank() == 4 && x.layout() != input_layout_) {
-    input_converted_ = x.to_layout(input_layout_);
+    x.convert_to(input_layout_, input_converted_);
     input_ = &input_converted_;
   }
   for (size_t i = 0; i < nodes_.size(); ++i) {

@@ -129,9 +129,9 @@ void Conv2d::ff(const std::vector<const Tensor*>& x, Tensor& y, bool /*training*
     epi.bias = b ? b->data() : nullptr;
     record(ConvPhase::ff, k, sparse_conv_ff(in, sw_, y, scratch_ff_, {}, epi));
   } else {
-    xr_ = in.to_layout(Layout::nChw16c);
+    in.convert_to(Layout::nChw16c, xr_);
     dnnl_.ff(xr_, weight_.value, b, yr_);
-    y = yr_.to_layout(Layout::NCHW16n);
+    yr_.convert_to(Layout::NCHW16n, y);
     record(ConvPhase::ff, k, dense_counters(g));
   }
 }
@@ -156,9 +156,9 @@ void Conv2d::bp(const std::vector<const Tensor*>& x, const Tensor& /*y*/, const 
   } else {
     // oneDNN's bp reads only x's shape and layout; ff may not have reordered x (it ran sparse).
     if (xr_.shape() != in.shape() || xr_.layout() != Layout::nChw16c) xr_.resize(in.shape(), Layout::nChw16c);
-    dyr_ = dy.to_layout(dnnl_.y_layout());
+    dy.convert_to(dnnl_.y_layout(), dyr_);
     dnnl_.bp(xr_, dyr_, weight_.value, dxr_);
-    *dx[0] = dxr_.to_layout(Layout::NCHW16n);
+    dxr_.convert_to(Layout::NCHW16n, *dx[0]);
     record(ConvPhase::bp, k, dense_counters(g));
   }
 }
@@ -187,8 +187,8 @@ void Conv2d::wg(const std::vector<const Tensor*>& x, const Tensor& /*y*/, const 
   if (k == ConvKernel::sparse) {
     record(ConvPhase::wg, k, sparse_conv_wg(in, dy, *structure, weight_.grad, db, scratch_wg_));
   } else {
-    xr_ = in.to_layout(Layout::nChw16c);
-    dyr_ = dy.to_layout(dnnl_.y_layout());
+    in.convert_to(Layout::nChw16c, xr_);
+    dy.convert_to(dnnl_.y_layout(), dyr_);
     dnnl_.wg(xr_, dyr_, weight_.grad, db);
     record(ConvPhase::wg, k, dense_counters(g));
   }

@@ -1,0 +1,395 @@
+// The conv kernel cost model (kernels/conv_choice.hpp): the built-in model's choices, break-even
+// densities, the JSON file (round trip, and errors naming the file and key), the non-negative fitter on
+// synthetic points with known coefficients, and a smoke run of the measurement and of `trainer
+// calibrate`. Nothing here asserts on measured times: timings on a shared machine are not a test.
+#include "kernels/conv_choice.hpp"
+
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/error.hpp"
+
+namespace trainer {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr ConvPhase kPhases[3] = {ConvPhase::ff, ConvPhase::bp, ConvPhase::wg};
+
+ConvGeom geom(int64_t N, int64_t C, int64_t H, int64_t K, int64_t R, int64_t stride, int64_t pad) {
+  ConvGeom g;
+  g.N = N, g.C = C, g.H = H, g.W = H, g.K = K, g.R = R, g.S = R, g.stride = stride, g.pad = pad;
+  return g;
+}
+
+// A 3x3 32->32 layer at 14x14, batch 64 (ResNet-20's second stage).
+const ConvGeom kMid = geom(64, 32, 14, 32, 3, 1, 1);
+
+class ConvChoiceFile : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("trainer_conv_choice_test_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  fs::path dir_;
+};
+
+std::string slurp(const std::string& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+void spit(const std::string& p, const std::string& text) { std::ofstream(p, std::ios::binary) << text; }
+
+std::string load_error(const std::string& p) {
+  try {
+    ConvCostModel::load(p);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The built-in model
+
+TEST(ConvChoice, DefaultsPickSparseAtLowDensityAndDenseAtFull) {
+  const ConvCostModel m = ConvCostModel::defaults();
+  EXPECT_EQ(m.source, "built-in defaults");
+  EXPECT_EQ(m.threads, 2);
+  for (const ConvGeom& g : {kMid, geom(64, 16, 28, 16, 3, 1, 1), geom(64, 64, 7, 64, 3, 1, 1)})
+    for (ConvPhase p : kPhases) {
+      SCOPED_TRACE(conv_phase_name(p));
+      // Each kernel on its own layout.
+      EXPECT_LT(m.estimate_ns(p, ConvKernel::sparse, g, 0.05, false),
+                m.estimate_ns(p, ConvKernel::dense, g, 1, false));
+      EXPECT_GT(m.estimate_ns(p, ConvKernel::sparse, g, 1.0, false),
+                m.estimate_ns(p, ConvKernel::dense, g, 1, false));
+      // Activations already in the favoured layout of the kernel that should win.
+      EXPECT_EQ(m.choose(p, g, 0.05, /*activations_nchw16n=*/true), ConvKernel::sparse);
+      EXPECT_EQ(m.choose(p, g, 1.0, /*activations_nchw16n=*/false), ConvKernel::dense);
+      EXPECT_EQ(m.choose(p, g, 0.0, true), ConvKernel::sparse);
+    }
+}
+
+TEST(ConvChoice, EstimatesAreNonNegativeAndSparseGrowsWithDensity) {
+  const ConvCostModel m = ConvCostModel::defaults();
+  for (ConvPhase p : kPhases) {
+    double prev = -1;
+    for (double d = 0; d <= 1.0001; d += 0.05) {
+      const double t = m.estimate_ns(p, ConvKernel::sparse, kMid, d, false);
+      EXPECT_GT(t, prev);
+      prev = t;
+    }
+    // Densities outside [0, 1] are clamped; NaN counts as all weights kept; dense ignores density.
+    EXPECT_EQ(m.estimate_ns(p, ConvKernel::sparse, kMid, 2.0, false),
+              m.estimate_ns(p, ConvKernel::sparse, kMid, 1.0, false));
+    EXPECT_EQ(m.estimate_ns(p, ConvKernel::sparse, kMid, -1.0, false),
+              m.estimate_ns(p, ConvKernel::sparse, kMid, 0.0, false));
+    EXPECT_EQ(m.estimate_ns(p, ConvKernel::sparse, kMid, NAN, false),
+              m.estimate_ns(p, ConvKernel::sparse, kMid, 1.0, false));
+    EXPECT_EQ(m.estimate_ns(p, ConvKernel::dense, kMid, 0.1, false),
+              m.estimate_ns(p, ConvKernel::dense, kMid, 1.0, false));
+    // The reorder costs something.
+    EXPECT_GT(m.estimate_ns(p, ConvKernel::dense, kMid, 1, true),
+              m.estimate_ns(p, ConvKernel::dense, kMid, 1, false));
+  }
+}
+
+TEST(ConvChoice, BreakEvenDensityIsWhereTheChoiceFlips) {
+  const ConvCostModel m = ConvCostModel::defaults();
+  for (ConvPhase p : kPhases)
+    for (bool held16n : {false, true}) {
+      SCOPED_TRACE(std::string(conv_phase_name(p)) + (held16n ? " held NCHW16n" : " held nChw16c"));
+      const double be = m.break_even_density(p, kMid, held16n);
+      ASSERT_GE(be, 0.0);
+      ASSERT_LE(be, 1.0);
+      if (be > 0.01) {
+        EXPECT_EQ(m.choose(p, kMid, be - 0.01, held16n), ConvKernel::sparse);
+      }
+      if (be < 0.99) {
+        EXPECT_EQ(m.choose(p, kMid, be + 0.01, held16n), ConvKernel::dense);
+      }
+    }
+  for (ConvPhase p : kPhases) {
+    // Holding the activations in the sparse kernel's layout can only favour it.
+    EXPECT_LE(m.break_even_density(p, kMid, false), m.break_even_density(p, kMid, true));
+    // Held in NCHW16n (no reorder for sparse), sparse pays at some density in (0, 1).
+    const double be = m.break_even_density(p, kMid, true);
+    EXPECT_GT(be, 0.0);
+    EXPECT_LT(be, 1.0);
+  }
+}
+
+TEST(ConvChoice, BreakEvenEdgeCases) {
+  ConvCostModel m;
+  m.at(ConvPhase::ff, ConvKernel::dense) = {1000, 1e-3, 0};
+  // Sparse free per multiply but dearer per call: never; cheaper per call: always.
+  m.at(ConvPhase::ff, ConvKernel::sparse) = {1e12, 0, 0};
+  EXPECT_EQ(m.break_even_density(ConvPhase::ff, kMid, true), 0.0);
+  EXPECT_EQ(m.choose(ConvPhase::ff, kMid, 0.0, true), ConvKernel::dense);
+  m.at(ConvPhase::ff, ConvKernel::sparse) = {0, 0, 0};
+  EXPECT_EQ(m.break_even_density(ConvPhase::ff, kMid, true), 1.0);
+  EXPECT_EQ(m.choose(ConvPhase::ff, kMid, 1.0, true), ConvKernel::sparse);
+  // A known crossing: dense 1000 + 1e-3 M, sparse 500 + 2e-3 M d  ->  d = (500 + 1e-3 M) / (2e-3 M).
+  m.at(ConvPhase::ff, ConvKernel::sparse) = {500, 2e-3, 0};
+  const double M = static_cast<double>(kMid.macs());
+  EXPECT_NEAR(m.break_even_density(ConvPhase::ff, kMid, true), (500 + 1e-3 * M) / (2e-3 * M), 1e-12);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The file
+
+TEST_F(ConvChoiceFile, SaveLoadRoundTrip) {
+  ConvCostModel m = ConvCostModel::defaults();
+  m.at(ConvPhase::bp, ConvKernel::sparse).ns_per_elem = 1.0 / 3.0;
+  m.at(ConvPhase::wg, ConvKernel::dense).ns_per_call = 1e-300;
+  m.reorder_ns_per_elem = 0.1 + 0.2;
+  m.threads = 7;
+  m.save(path("c.json"));
+  EXPECT_FALSE(fs::exists(path("c.json.tmp")));
+  const ConvCostModel back = ConvCostModel::load(path("c.json"));
+  EXPECT_TRUE(back.same_coefficients(m));
+  EXPECT_EQ(back.source, path("c.json"));
+  // Saving over an existing file replaces it.
+  ConvCostModel::defaults().save(path("c.json"));
+  EXPECT_TRUE(ConvCostModel::load(path("c.json")).same_coefficients(ConvCostModel::defaults()));
+}
+
+TEST_F(ConvChoiceFile, LoadRejectsBadFilesNamingFileAndKey) {
+  ConvCostModel::defaults().save(path("good.json"));
+  const std::string text = slurp(path("good.json"));
+  const nlohmann::json good = nlohmann::json::parse(text);
+
+  EXPECT_NE(load_error(path("absent.json")).find("calibration '" + path("absent.json") + "': cannot open"),
+            std::string::npos);
+
+  spit(path("truncated.json"), text.substr(0, text.size() / 2));
+  const std::string trunc = load_error(path("truncated.json"));
+  EXPECT_NE(trunc.find("calibration '" + path("truncated.json") + "'"), std::string::npos) << trunc;
+  EXPECT_NE(trunc.find("not valid JSON"), std::string::npos) << trunc;
+
+  nlohmann::json j = good;
+  j["ff"]["sparse"].erase("ns_per_mac");
+  spit(path("missing.json"), j.dump());
+  EXPECT_NE(load_error(path("missing.json"))
+                .find("calibration '" + path("missing.json") + "': key 'ff.sparse.ns_per_mac' missing"),
+            std::string::npos)
+      << load_error(path("missing.json"));
+
+  j = good;
+  j["bp"]["dense"]["ns_per_call"] = -1.5;
+  spit(path("negative.json"), j.dump());
+  const std::string neg = load_error(path("negative.json"));
+  EXPECT_NE(neg.find("key 'bp.dense.ns_per_call' must be a non-negative number"), std::string::npos) << neg;
+  EXPECT_NE(neg.find(path("negative.json")), std::string::npos) << neg;
+
+  j = good;
+  j["wg"]["sparse"]["ns_per_elem"] = "fast";
+  spit(path("string.json"), j.dump());
+  EXPECT_NE(load_error(path("string.json")).find("key 'wg.sparse.ns_per_elem' must be a non-negative number"),
+            std::string::npos);
+
+  j = good;
+  j.erase("wg");
+  spit(path("nophase.json"), j.dump());
+  EXPECT_NE(load_error(path("nophase.json")).find("key 'wg' missing"), std::string::npos);
+
+  j = good;
+  j.erase("reorder_ns_per_elem");
+  spit(path("noreorder.json"), j.dump());
+  EXPECT_NE(load_error(path("noreorder.json")).find("key 'reorder_ns_per_elem' missing"), std::string::npos);
+
+  j = good;
+  j["version"] = 99;
+  spit(path("version.json"), j.dump());
+  EXPECT_NE(load_error(path("version.json")).find("key 'version' must be 1"), std::string::npos);
+}
+
+TEST(ConvChoice, SaveToAnImpossiblePathNamesIt) {
+  try {
+    ConvCostModel::defaults().save("/nonexistent-dir/c.json");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("calibration '/nonexistent-dir/c.json'"), std::string::npos)
+        << e.what();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The fitter, on synthetic points
+
+std::vector<FitPoint> synthetic(const KernelCoeffs& c, double noise_seed = 0) {
+  std::vector<FitPoint> pts;
+  int i = 0;
+  for (double macs : {1e5, 3e6, 2e7, 1e8})
+    for (double elems : {2e4, 3e5, 1e6}) {
+      double t = c.ns_per_call + c.ns_per_mac * macs + c.ns_per_elem * elems;
+      if (noise_seed != 0) t *= 1.0 + 0.01 * std::sin(noise_seed * ++i);  // +-1%, deterministic
+      pts.push_back({macs, elems, t});
+    }
+  return pts;
+}
+
+TEST(ConvChoiceFit, RecoversKnownCoefficients) {
+  const KernelCoeffs truth{20000, 0.012, 0.35};
+  const FitResult r = fit_kernel_coeffs(synthetic(truth));
+  EXPECT_EQ(r.points, 12);
+  EXPECT_NEAR(r.coeffs.ns_per_call, truth.ns_per_call, 1e-6 * truth.ns_per_call);
+  EXPECT_NEAR(r.coeffs.ns_per_mac, truth.ns_per_mac, 1e-6 * truth.ns_per_mac);
+  EXPECT_NEAR(r.coeffs.ns_per_elem, truth.ns_per_elem, 1e-6 * truth.ns_per_elem);
+  EXPECT_LT(r.max_rel_error, 1e-9);
+
+  const FitResult noisy = fit_kernel_coeffs(synthetic(truth, 1.7));
+  EXPECT_NEAR(noisy.coeffs.ns_per_mac, truth.ns_per_mac, 0.05 * truth.ns_per_mac);
+  EXPECT_GT(noisy.max_rel_error, 0.0);
+  EXPECT_LT(noisy.max_rel_error, 0.03);
+}
+
+TEST(ConvChoiceFit, CoefficientsStayNonNegative) {
+  // Time falls with elems: unconstrained least squares would give ns_per_elem < 0.
+  std::vector<FitPoint> pts;
+  for (double e = 0; e <= 5000; e += 500) pts.push_back({1e6, e, 3000 - 0.2 * e});
+  const FitResult r = fit_kernel_coeffs(pts);
+  EXPECT_GE(r.coeffs.ns_per_call, 0.0);
+  EXPECT_GE(r.coeffs.ns_per_mac, 0.0);
+  EXPECT_EQ(r.coeffs.ns_per_elem, 0.0);
+  EXPECT_GT(r.coeffs.ns_per_call + r.coeffs.ns_per_mac * 1e6, 2000.0);
+  EXPECT_LT(r.coeffs.ns_per_call + r.coeffs.ns_per_mac * 1e6, 3000.0);
+
+  // A true zero stays zero: t = 0.01 ns per multiply only.
+  std::vector<FitPoint> mac_only;
+  for (double macs : {1e5, 1e6, 1e7}) mac_only.push_back({macs, macs / 10, 0.01 * macs});
+  const FitResult m = fit_kernel_coeffs(mac_only);
+  EXPECT_NEAR(m.coeffs.ns_per_call + m.coeffs.ns_per_mac * 1e6 + m.coeffs.ns_per_elem * 1e5, 1e4, 1e-3);
+  EXPECT_LT(m.max_rel_error, 1e-9);
+}
+
+TEST(ConvChoiceFit, FewerPointsThanUnknownsAndNone) {
+  const FitResult none = fit_kernel_coeffs({});
+  EXPECT_EQ(none.points, 0);
+  EXPECT_EQ(none.coeffs, KernelCoeffs{});
+  // Two points, three unknowns: an exact non-negative fit.
+  const FitResult two = fit_kernel_coeffs({{1e6, 1e4, 2000}, {4e6, 2e4, 5000}});
+  EXPECT_GE(two.coeffs.ns_per_call, 0.0);
+  EXPECT_GE(two.coeffs.ns_per_mac, 0.0);
+  EXPECT_GE(two.coeffs.ns_per_elem, 0.0);
+  EXPECT_LT(two.max_rel_error, 1e-9);
+  EXPECT_THROW(fit_kernel_coeffs({{1e6, 1e4, 0.0}}), Error);
+}
+
+TEST(ConvChoiceFit, FitCostModelRecoversAModelFromItsOwnPredictions) {
+  const ConvCostModel truth = ConvCostModel::defaults();
+  CalibrationData data;
+  data.threads = 3;
+  data.batch = 64;
+  data.densities = {1.0, 0.5, 0.1};
+  for (const ConvGeom& g : {kMid, geom(64, 16, 28, 16, 3, 1, 1), geom(64, 64, 7, 64, 3, 1, 1),
+                            geom(64, 16, 28, 32, 1, 2, 0), geom(64, 32, 14, 64, 3, 2, 1)})
+    for (ConvPhase p : kPhases) {
+      CalibrationSample s;
+      s.geom = g;
+      s.phase = p;
+      s.activation_elems = conv_activation_elems(p, g);
+      s.kernel = ConvKernel::dense;
+      s.executed_macs = static_cast<double>(g.macs());
+      s.ns = truth.estimate_ns(p, ConvKernel::dense, g, 1.0, false);
+      data.samples.push_back(s);
+      for (double d : data.densities) {
+        s.kernel = ConvKernel::sparse;
+        s.weight_density = d;
+        s.executed_macs = d * static_cast<double>(g.macs());
+        s.ns = truth.estimate_ns(p, ConvKernel::sparse, g, d, false);
+        data.samples.push_back(s);
+      }
+      data.reorders.push_back({s.activation_elems, truth.reorder_ns_per_elem * s.activation_elems});
+    }
+  const ConvCostModel fit = fit_cost_model(data, nullptr);
+  EXPECT_EQ(fit.threads, 3);
+  EXPECT_NEAR(fit.reorder_ns_per_elem, truth.reorder_ns_per_elem, 1e-9 * truth.reorder_ns_per_elem);
+  for (ConvPhase p : kPhases)
+    for (ConvKernel k : {ConvKernel::dense, ConvKernel::sparse})
+      for (double d : {0.05, 0.5, 1.0})
+        EXPECT_NEAR(fit.estimate_ns(p, k, kMid, d, false), truth.estimate_ns(p, k, kMid, d, false),
+                    1e-6 * truth.estimate_ns(p, k, kMid, d, false));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Measuring: a smoke run (structure only; the times are whatever this machine gives)
+
+TEST(ConvChoiceCalibrate, QuickRunGivesFiniteNonNegativeModel) {
+  CalibrationOptions o;
+  o.quick = true;
+  o.repeats = 1;
+  o.batch = 16;
+  CalibrationData data;
+  const ConvCostModel m = calibrate(o, nullptr, &data);
+  EXPECT_EQ(data.densities.size(), 3u);
+  EXPECT_EQ(data.samples.size(), 2u * 3u * (1u + 3u));  // shapes x phases x (dense + densities)
+  EXPECT_EQ(data.reorders.size(), 2u * 4u);
+  for (const CalibrationSample& s : data.samples) {
+    EXPECT_GT(s.ns, 0.0);
+    EXPECT_EQ(s.geom.N, 16);
+    const double macs = static_cast<double>(s.geom.macs());
+    if (s.kernel == ConvKernel::dense || s.weight_density == 1.0) {
+      EXPECT_EQ(s.executed_macs, macs);
+    }
+    EXPECT_LE(s.executed_macs, macs);
+  }
+  EXPECT_EQ(m.threads, 2);
+  for (ConvPhase p : kPhases)
+    for (ConvKernel k : {ConvKernel::dense, ConvKernel::sparse}) {
+      const KernelCoeffs& c = m.at(p, k);
+      for (double v : {c.ns_per_call, c.ns_per_mac, c.ns_per_elem}) {
+        EXPECT_TRUE(std::isfinite(v));
+        EXPECT_GE(v, 0.0);
+      }
+      EXPECT_GT(m.estimate_ns(p, k, kMid, 1.0, false), 0.0);
+    }
+  EXPECT_TRUE(std::isfinite(m.reorder_ns_per_elem));
+  EXPECT_GT(m.reorder_ns_per_elem, 0.0);
+
+  CalibrationOptions bad = o;
+  bad.threads = 0;
+  EXPECT_THROW(calibrate(bad, nullptr), Error);
+}
+
+int run(const std::string& cmd) {
+  const int status = std::system(cmd.c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+TEST_F(ConvChoiceFile, CalibrateCommandWritesALoadableModel) {
+  const std::string out = path("cal.json"), log = path("log.txt");
+  ASSERT_EQ(run(std::string(TRAINER_BINARY) + " calibrate --quick --batch 16 --repeats 1 --out " + out +
+                " >" + log + " 2>&1"),
+            0)
+      << slurp(log);
+  const ConvCostModel m = ConvCostModel::load(out);
+  EXPECT_EQ(m.threads, 2);
+  const std::string text = slurp(log);
+  for (const char* s :
+       {"ff (forward", "bp (backward", "wg (weight", "32->32 3x3 @14x14", "max relative error", "wrote"})
+    EXPECT_NE(text.find(s), std::string::npos) << s << "\n" << text;
+
+  EXPECT_EQ(run(std::string(TRAINER_BINARY) + " calibrate --threads 0 --out " + out + " >" + log + " 2>&1"),
+            2);
+  EXPECT_NE(slurp(log).find("--threads"), std::string::npos) << slurp(log);
+}
+
+}  // namespace
+}  // namespace trainer
