@@ -84,20 +84,25 @@ std::string format_op_summary(const OpStream& ops, uint64_t images) {
   return out;
 }
 
-std::string format_sparse_summary(const OpStream& ops, uint64_t images) {
+std::string format_sparse_summary(const OpStream& ops, uint64_t images,
+                                  const std::map<std::pair<int32_t, Phase>, double>* dense_ns) {
   const double per_image = images ? 1.0 / static_cast<double>(images) : 0.0;
-  std::string out = fmt::format("{:<28} {:<5} {:<13} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9}\n", "layer",
-                                "phase", "kernel", "MMAC/im", "exec%", "pruned%", "zero-x%", "zero-dy%",
-                                "masked%", "ms", "GMAC/s");
+  std::string out = fmt::format("{:<28} {:<5} {:<17} {:>8} {:>6} {:>7} {:>7} {:>8} {:>7} {:>8} {:>7}{}\n", "layer",
+                                "phase", "kernel", "MMAC/im", "exec%", "pruned%", "zero-x%", "zero-dy%", "masked%",
+                                "ms", "GMAC/s", dense_ns ? "  x dense*" : "");
   auto pct = [](uint64_t part, uint64_t whole) { return whole ? 100.0 * part / whole : 0.0; };
-  auto line = [&](const std::string& name, const std::string& phase, const std::string& kernel, const OpTotals& t) {
-    return fmt::format("{:<28} {:<5} {:<13} {:>9.3f} {:>7.1f} {:>7.1f} {:>7.1f} {:>7.1f} {:>7.1f} {:>9.1f} {:>9.2f}\n",
+  auto line = [&](const std::string& name, const std::string& phase, const std::string& kernel, const OpTotals& t,
+                  double est_ns) {
+    std::string speed;
+    if (dense_ns) speed = est_ns > 0 && t.time_ns ? fmt::format("  {:>8.2f}", est_ns / t.time_ns) : "         -";
+    return fmt::format("{:<28} {:<5} {:<17} {:>8.3f} {:>6.1f} {:>7.1f} {:>7.1f} {:>8.1f} {:>7.1f} {:>8.1f} {:>7.1f}{}\n",
                        name, phase, kernel, t.dense_macs * per_image * 1e-6, pct(t.executed_macs, t.dense_macs),
                        pct(t.skipped_pruned, t.dense_macs), pct(t.skipped_zero_activation, t.dense_macs),
                        pct(t.skipped_zero_error, t.dense_macs), pct(t.skipped_masked_output, t.dense_macs),
-                       t.time_ns * 1e-6, t.time_ns ? static_cast<double>(t.dense_macs) / t.time_ns : 0.0);
+                       t.time_ns * 1e-6, t.time_ns ? static_cast<double>(t.dense_macs) / t.time_ns : 0.0, speed);
   };
   std::array<OpTotals, 3> phase_total{};
+  std::array<double, 3> phase_est{};
   for (const auto& [key, t] : ops.totals()) {
     const int p = static_cast<int>(key.second);
     if (p > 2 || t.dense_macs == 0) continue;
@@ -105,7 +110,13 @@ std::string format_sparse_summary(const OpStream& ops, uint64_t images) {
     for (const auto& [name, calls] : t.kernel_calls)
       kernel += (kernel.empty() ? "" : "+") + (calls == t.calls ? name : fmt::format("{}x{}", name, calls));
     if (kernel.empty()) kernel = "dense";
-    out += line(t.layer_name, phase_name(key.second), kernel, t);
+    double est = 0.0;
+    if (dense_ns) {
+      const auto it = dense_ns->find(key);
+      est = it == dense_ns->end() ? 0.0 : it->second;
+      phase_est[p] += est;
+    }
+    out += line(t.layer_name, phase_name(key.second), kernel, t, est);
     OpTotals& a = phase_total[p];
     a.dense_macs += t.dense_macs;
     a.executed_macs += t.executed_macs;
@@ -115,7 +126,8 @@ std::string format_sparse_summary(const OpStream& ops, uint64_t images) {
     a.skipped_masked_output += t.skipped_masked_output;
     a.time_ns += t.time_ns;
   }
-  for (int p = 0; p < 3; ++p) out += line("total", phase_name(static_cast<Phase>(p)), "", phase_total[p]);
+  for (int p = 0; p < 3; ++p)
+    out += line("total", phase_name(static_cast<Phase>(p)), "", phase_total[p], phase_est[p]);
   return out;
 }
 

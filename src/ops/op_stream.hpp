@@ -49,6 +49,9 @@ std::string format_op_summary(const OpStream& ops, uint64_t images);
 // ran, dense-equivalent MMAC per image, the share executed and skipped by reason, time, and the
 // dense-equivalent rate (dense MACs / time: comparing it with a dense run's gives each phase's speed-up);
 // then one total row per phase.
-std::string format_sparse_summary(const OpStream& ops, uint64_t images);
+// dense_ns (optional): per (layer, phase), an estimate of what the dense kernel would have taken for the
+// same calls; adds a column with the speed-up over it.
+std::string format_sparse_summary(const OpStream& ops, uint64_t images,
+                                  const std::map<std::pair<int32_t, Phase>, double>* dense_ns = nullptr);
 
 }  // namespace trainer

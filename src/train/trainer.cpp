@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cmath>
+#include <map>
 #include <optional>
 
 #include "core/error.hpp"
@@ -180,6 +181,53 @@ struct PhaseWork {
 };
 using WorkByPhase = std::array<PhaseWork, 3>;
 
+// Per (layer, phase) of the layers with multiplies, in execution order of first appearance.
+struct LayerWork {
+  std::string layer, phase;
+  std::map<std::string, uint64_t> kernels;  // calls per kernel
+  PhaseWork work;
+};
+
+void add_one(PhaseWork& p, const Op& op) {
+  p.dense += op.dense_macs;
+  p.executed += op.executed_macs;
+  p.pruned += op.skipped_pruned;
+  p.zero_activation += op.skipped_zero_activation;
+  p.zero_error += op.skipped_zero_error;
+  p.masked_output += op.skipped_masked_output;
+  p.time_ns += op.time_ns;
+}
+
+void add_layer_work(std::vector<LayerWork>& rows, std::map<std::pair<int32_t, Phase>, size_t>& index,
+                    const std::vector<Op>& ops) {
+  for (const Op& op : ops) {
+    if (op.dense_macs == 0 || static_cast<int>(op.phase) > 2) continue;
+    auto [it, fresh] = index.emplace(std::make_pair(op.layer, op.phase), rows.size());
+    if (fresh) rows.push_back({op.layer_name, phase_name(op.phase), {}, {}});
+    LayerWork& r = rows[it->second];
+    if (!op.kernel.empty()) r.kernels[op.kernel] += 1;
+    add_one(r.work, op);
+  }
+}
+
+nlohmann::json layer_work_json(const std::vector<LayerWork>& rows) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const LayerWork& r : rows) {
+    const PhaseWork& p = r.work;
+    out.push_back({{"layer", r.layer},
+                   {"phase", r.phase},
+                   {"kernels", r.kernels},
+                   {"dense_macs", p.dense},
+                   {"executed_macs", p.executed},
+                   {"skipped_pruned", p.pruned},
+                   {"skipped_zero_activation", p.zero_activation},
+                   {"skipped_zero_error", p.zero_error},
+                   {"skipped_masked_output", p.masked_output},
+                   {"seconds", static_cast<double>(p.time_ns) * 1e-9}});
+  }
+  return out;
+}
+
 void add_work(WorkByPhase& w, const std::vector<Op>& ops) {
   for (const Op& op : ops) {
     if (op.dense_macs == 0 || static_cast<int>(op.phase) > 2) continue;
@@ -191,6 +239,19 @@ void add_work(WorkByPhase& w, const std::vector<Op>& ops) {
     p.zero_error += op.skipped_zero_error;
     p.masked_output += op.skipped_masked_output;
     p.time_ns += op.time_ns;
+  }
+}
+
+// Adds, per conv (layer, phase), the cost model's time for the dense kernel on nChw16c activations (what
+// the dense engine runs) for this step's calls.
+void add_dense_estimates(std::map<std::pair<int32_t, Phase>, double>& into, const ConvCostModel& cost,
+                         const std::vector<Op>& ops) {
+  for (const Op& op : ops) {
+    if (op.kind != "conv2d" || static_cast<int>(op.phase) > 2) continue;
+    const ConvGeom g{op.x_shape[0], op.x_shape[1], op.x_shape[2], op.x_shape[3], op.w_shape[0],
+                     op.w_shape[2],  op.w_shape[3], op.stride[0],  op.pad[0]};
+    into[{op.layer, op.phase}] +=
+        cost.estimate_ns(static_cast<ConvPhase>(op.phase), ConvKernel::dense, g, 1.0, /*reorder=*/false);
   }
 }
 
@@ -333,6 +394,7 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
   Progress progress(progress_style(cfg.progress));
   SoftmaxCrossEntropy ce;
   OpStream ops;
+  std::map<std::pair<int32_t, Phase>, double> dense_estimate;  // what oneDNN would have taken (cost model)
   Tensor x, dlogits;
   std::vector<int32_t> labels;
   const int32_t loss_layer =
@@ -352,6 +414,8 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
     double loss_sum = 0.0;
     int64_t correct = 0, seen = 0;
     WorkByPhase epoch_work{};
+    std::vector<LayerWork> epoch_layers;
+    std::map<std::pair<int32_t, Phase>, size_t> epoch_layer_index;
     for (int64_t b = 0; b < steps_taken; ++b) {
       ops.begin_step();
       ops.capture_nonzeros(hooks.wants_nonzeros && hooks.wants_nonzeros(global_step));
@@ -401,6 +465,8 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
         ops.record(std::move(prune_op));
       }
       add_work(epoch_work, ops.step_ops());
+      add_layer_work(epoch_layers, epoch_layer_index, ops.step_ops());
+      if (sparse_layout) add_dense_estimates(dense_estimate, cost_model, ops.step_ops());
       if (hooks.on_step) hooks.on_step(global_step, ops.step_ops());
       ++global_step;
 
@@ -446,6 +512,7 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
     line["images_per_s"] = static_cast<double>(seen) / train_s;
     line["seconds"] = seconds;
     line["work"] = work_json(epoch_work);
+    line["layers"] = layer_work_json(epoch_layers);
     if (policy) {
       line["sparsity"] = policy->sparsity();
       line["overall_sparsity"] = policy->overall_sparsity();
@@ -498,7 +565,12 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
   if (cfg.ops_summary && result.images > 0 && sparse_layout)
     fmt::print(out, "\nsparse work per layer and phase (shares of the dense multiplies; GMAC/s = dense-equivalent "
                     "rate):\n{}",
-               format_sparse_summary(ops, static_cast<uint64_t>(result.images)));
+               format_sparse_summary(ops, static_cast<uint64_t>(result.images), &dense_estimate));
+  if (cfg.ops_summary && result.images > 0 && sparse_layout)
+    fmt::print(out,
+               "* x dense: the oneDNN time of the same calls on nChw16c activations estimated by the cost "
+               "model ({}), over the measured time\n",
+               cost_model.source);
   std::fflush(out);
   return result;
 }

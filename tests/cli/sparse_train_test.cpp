@@ -67,15 +67,16 @@ const std::string kRun =
     "train --data synthetic --synthetic-size 192 --synthetic-shape 1x16x16 --batch-size 32 --threads 1 "
     "--progress off --model resnet8 --width 16 --init kaiming ";
 
+// executed + every skip reason == the dense multiplies, for one counters object.
+void expect_adds_up(const nlohmann::json& p, const std::string& what) {
+  const uint64_t skipped = p.at("skipped_pruned").get<uint64_t>() + p.at("skipped_zero_activation").get<uint64_t>() +
+                           p.at("skipped_zero_error").get<uint64_t>() + p.at("skipped_masked_output").get<uint64_t>();
+  EXPECT_GT(p.at("dense_macs").get<uint64_t>(), 0u) << what;
+  EXPECT_EQ(p.at("executed_macs").get<uint64_t>() + skipped, p.at("dense_macs").get<uint64_t>()) << what;
+}
+
 void expect_work_adds_up(const nlohmann::json& work) {
-  for (const char* phase : {"ff", "bp", "wg"}) {
-    const auto& p = work.at(phase);
-    const uint64_t skipped = p.at("skipped_pruned").get<uint64_t>() + p.at("skipped_zero_activation").get<uint64_t>() +
-                             p.at("skipped_zero_error").get<uint64_t>() +
-                             p.at("skipped_masked_output").get<uint64_t>();
-    EXPECT_GT(p.at("dense_macs").get<uint64_t>(), 0u) << phase;
-    EXPECT_EQ(p.at("executed_macs").get<uint64_t>() + skipped, p.at("dense_macs").get<uint64_t>()) << phase;
-  }
+  for (const char* phase : {"ff", "bp", "wg"}) expect_adds_up(work.at(phase), phase);
 }
 
 TEST_F(SparseTrain, EachPolicyReachesItsTargetAndSkipsThePrunedWork) {
@@ -108,6 +109,18 @@ TEST_F(SparseTrain, EachPolicyReachesItsTargetAndSkipsThePrunedWork) {
       EXPECT_EQ(last.at("dense_wg_steps").get<int64_t>(), 0);
     }
     EXPECT_TRUE(std::isfinite(last.at("test_loss").get<double>()));
+    // Per layer and phase: each row adds up, and the rows of a phase sum to the phase's totals.
+    uint64_t ff_dense = 0, ff_pruned = 0;
+    for (const auto& row : last.at("layers")) {
+      expect_adds_up(row, row.at("layer").get<std::string>() + " " + row.at("phase").get<std::string>());
+      if (row.at("phase") == "ff") {
+        ff_dense += row.at("dense_macs").get<uint64_t>();
+        ff_pruned += row.at("skipped_pruned").get<uint64_t>();
+      }
+    }
+    EXPECT_EQ(ff_dense, ff.at("dense_macs").get<uint64_t>());
+    EXPECT_EQ(ff_pruned, ff.at("skipped_pruned").get<uint64_t>());
+    EXPECT_HAS(r.out, "x dense*");
   }
 }
 
