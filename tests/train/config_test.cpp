@@ -193,7 +193,7 @@ TEST(Config, KeysAreSnakeCaseAndOptionsDashed) {
 }
 
 TEST(Config, ExampleRecipesLoad) {
-  for (const char* name : {"lenet5-fashion.yaml", "resnet20-fashion.yaml"}) {
+  for (const char* name : {"lenet5-fashion.yaml", "resnet20-fashion.yaml", "resnet20-fashion-sparse.yaml"}) {
     RunConfig cfg;
     const std::string path = std::string(TRAINER_SOURCE_DIR) + "/configs/runs/" + name;
     EXPECT_NO_THROW({
