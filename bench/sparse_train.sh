@@ -9,6 +9,8 @@
 #   options: --model resnet20 --width 16 --threads 2 --batch-size 128 --steps 200 --sparsities "0.8 0.9 0.95"
 #            --policies "magnitude dns rigl" --distribution uniform|erk --kernels auto|sparse|dense
 #            --calibration FILE --no-torch
+#            --runs "dense magnitude:0.9 rigl:0.95"   (accuracy mode: exactly these runs, in this order;
+#                                                      e.g. to split the table over two processes)
 #
 # Throughput mode measures the steady state at the target: masks at the final sparsity from the first
 # step (--initial-sparsity = --sparsity, pruning from step 0), so that no dense warm-up is in the
@@ -34,6 +36,7 @@ distribution=uniform
 kernels=auto
 calibration=()
 torch=1
+runs=""
 data_dir=/usr/share/datasets/fashion-mnist
 while (( $# )); do
   case "$1" in
@@ -50,6 +53,7 @@ while (( $# )); do
     --kernels) kernels="$2"; shift 2 ;;
     --calibration) calibration=(--calibration "$2"); shift 2 ;;
     --no-torch) torch=0; shift ;;
+    --runs) runs="$2"; shift 2 ;;
     --data-dir) data_dir="$2"; shift 2 ;;
     *) echo "sparse_train.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -108,16 +112,24 @@ if (( accuracy == 0 )); then
   done
 else
   run=(--epochs "$epochs" --augment-crop 2 --augment-flip)
+  if [[ -z "$runs" ]]; then
+    runs="dense"
+    for p in $policies; do for s in $sparsities; do runs+=" $p:$s"; done; done
+  fi
   printf '%-12s %9s %10s %10s %10s %12s\n' policy sparsity "test acc" "vs dense" "images/s" "measured sp"
-  read -r dense_ips dense_acc _ < <(run_trainer dense "${run[@]}")
-  printf '%-12s %9s %9.2f%% %10s %10.0f %12s\n' dense 0 "$(awk -v a="$dense_acc" 'BEGIN{print 100*a}')" "" \
-    "$dense_ips" ""
-  for p in $policies; do
-    for s in $sparsities; do
-      read -r ips acc sp < <(run_trainer "$p-$s" "${run[@]}" --prune "$p" --sparsity "$s" \
-        --prune-distribution "$distribution" --kernels "$kernels" "${calibration[@]}")
-      printf '%-12s %9s %9.2f%% %+9.2f %10.0f %11.1f%%\n' "$p" "$s" "$(awk -v a="$acc" 'BEGIN{print 100*a}')" \
-        "$(awk -v a="$acc" -v b="$dense_acc" 'BEGIN{print 100*(a-b)}')" "$ips" "$(awk -v x="$sp" 'BEGIN{print 100*x}')"
-    done
+  dense_acc=""
+  for item in $runs; do
+    if [[ "$item" == dense ]]; then
+      read -r ips acc _ < <(run_trainer dense "${run[@]}")
+      dense_acc="$acc"
+      printf '%-12s %9s %9.2f%% %10s %10.0f %12s\n' dense 0 "$(awk -v a="$acc" 'BEGIN{print 100*a}')" "" "$ips" ""
+      continue
+    fi
+    p="${item%%:*}"; s="${item#*:}"
+    read -r ips acc sp < <(run_trainer "$p-$s" "${run[@]}" --prune "$p" --sparsity "$s" \
+      --prune-distribution "$distribution" --kernels "$kernels" "${calibration[@]}")
+    vs=""; [[ -n "$dense_acc" ]] && vs=$(awk -v a="$acc" -v b="$dense_acc" 'BEGIN{printf "%+.2f", 100*(a-b)}')
+    printf '%-12s %9s %9.2f%% %10s %10.0f %11.1f%%\n' "$p" "$s" "$(awk -v a="$acc" 'BEGIN{print 100*a}')" "$vs" \
+      "$ips" "$(awk -v x="$sp" 'BEGIN{print 100*x}')"
   done
 fi

@@ -23,5 +23,6 @@ class UsageError : public Error {
 Command add_train_command(CLI::App& root);
 Command add_models_command(CLI::App& root);
 Command add_calibrate_command(CLI::App& root);
+Command add_validate_command(CLI::App& root);
 
 }  // namespace trainer::cli

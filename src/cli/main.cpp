@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
     commands.push_back(add_train_command(app));
     commands.push_back(add_models_command(app));
     commands.push_back(add_calibrate_command(app));
+    commands.push_back(add_validate_command(app));
     // Subcommands that run from their CLI11 callback, during parse(); their errors land in the catch below.
     trainer::add_simulate_command(app);
     app.parse(argc, argv);
