@@ -10,8 +10,10 @@
 //
 // Usage (from the repository root; OMP threads = --threads):
 //   chip_cost_bench [--steps N (8)] [--threads N (2)] [--batch N (32)] [--model NAME (resnet18)]
-//                   [--spec FILE (configs/chips/trainer-28nm.yaml)]
-// Weights are dense (the engine does not prune yet), activations and errors as training makes them.
+//                   [--spec FILE (configs/chips/trainer-28nm.yaml)] [--sparsity S (0: dense)]
+// --sparsity S: magnitude pruning held at S from the first step (uniform over the pruned tensors), so
+// the engine runs its sparse kernels and the chip sees pruned weights; activations and errors as
+// training makes them.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -45,6 +47,7 @@ double secs_since(uint64_t t0) { return static_cast<double>(now_ns() - t0) * 1e-
 int main(int argc, char** argv) {
   int64_t steps = 8, threads = 2, batch = 32;
   std::string model = "resnet18", spec_path = "configs/chips/trainer-28nm.yaml";
+  double sparsity = 0.0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--steps")
@@ -57,6 +60,8 @@ int main(int argc, char** argv) {
       model = v;
     else if (k == "--spec")
       spec_path = v;
+    else if (k == "--sparsity")
+      sparsity = std::atof(v.c_str());
     else {
       fmt::print(stderr, "unknown option {}\n", k);
       return 2;
@@ -79,6 +84,14 @@ int main(int argc, char** argv) {
     cfg.threads = threads;
     cfg.progress = "off";
     cfg.ops_summary = false;
+    if (sparsity > 0.0) {
+      cfg.prune = "magnitude";
+      cfg.sparsity = sparsity;
+      cfg.initial_sparsity = sparsity;
+      cfg.prune_begin = 0.0;
+      cfg.prune_every = 1000;  // one mask update, at step 0
+      cfg.prune_distribution = "uniform";
+    }
 
     std::vector<double> plain, mapped, t_exact, t_stat;
     size_t ops_per_step = 0;

@@ -30,6 +30,9 @@ struct Op {
   std::array<int64_t, 4> y_shape{1, 1, 1, 1};
   std::array<int32_t, 2> stride{1, 1};
   std::array<int32_t, 2> pad{0, 0};
+  // Number format the engine computed this phase in (operands and accumulation); the chip model costs the
+  // Op at its own spec's precision, and the trace keeps this for the record.
+  std::string number_format = "fp32";
   uint64_t dense_macs = 0;  // multiply-accumulates of the dense computation of this phase
   uint64_t time_ns = 0;     // wall time the engine spent on it
 

@@ -140,6 +140,7 @@ std::string encode_op(const Op& op) {
   w.put<uint64_t>(op.dense_macs);
   w.put<uint64_t>(op.time_ns);
   w.put_str(op.kernel);
+  w.put_str(op.number_format);
   for (uint64_t v : {op.executed_macs, op.skipped_pruned, op.skipped_zero_activation, op.skipped_zero_error,
                      op.skipped_masked_output})
     w.put<uint64_t>(v);
@@ -167,6 +168,7 @@ Op decode_op(const std::string& payload, const std::string& where) {
   op.dense_macs = r.get<uint64_t>();
   op.time_ns = r.get<uint64_t>();
   op.kernel = r.get_str();
+  op.number_format = r.get_str();
   for (uint64_t* v : {&op.executed_macs, &op.skipped_pruned, &op.skipped_zero_activation,
                       &op.skipped_zero_error, &op.skipped_masked_output})
     *v = r.get<uint64_t>();

@@ -8,12 +8,14 @@
 //            tag "OPRC": one Op (below)
 //            tag "END.": u64 number of steps (the file is complete only with this record)
 //   Op payload: i32 layer, str layer_name, str kind, u8 phase, 12 x i64 (x, w, y shapes), 2 x i32 stride,
-//            2 x i32 pad, u64 dense_macs, u64 time_ns, str kernel, u64 executed_macs, u64 skipped_pruned,
+//            2 x i32 pad, u64 dense_macs, u64 time_ns, str kernel, str number_format, u64 executed_macs,
+//            u64 skipped_pruned,
 //            u64 skipped_zero_activation, u64 skipped_zero_error, u64 skipped_masked_output, u8 maps present
 //            (bit 0 x, 1 w, 2 dy), then for each present map: u32 rank, rank x i64 shape, u64 zlib-compressed
 //            bytes, the compressed words.
 //   str: u32 length + bytes.
-// Versions: 1 had no kernel and skip counters (the fields from `str kernel` to skipped_masked_output);
+// Versions: 1 had no kernel, number format and skip counters (the fields from `str kernel` to
+// skipped_masked_output);
 // 2 has them. A reader reads only its own version.
 // A reader refuses, naming the file and what is wrong: a foreign file (bad magic), another version (an
 // older one with the advice to record the run again), a checksum mismatch, and a file that ends early

@@ -48,6 +48,7 @@ std::vector<TraceStep> sample_steps() {
     ff.dense_macs = 4 * 8 * 81 * 27;
     ff.time_ns = 12345 + s;
     ff.kernel = s == 1 ? "sparse" : "dense";
+    ff.number_format = s == 1 ? "fp16" : "fp32";
     ff.skipped_pruned = 1000 + s;
     ff.skipped_zero_activation = 200 + s;
     ff.skipped_zero_error = 0;
@@ -86,6 +87,7 @@ void expect_same_op(const Op& a, const Op& b) {
   EXPECT_EQ(a.dense_macs, b.dense_macs);
   EXPECT_EQ(a.time_ns, b.time_ns);
   EXPECT_EQ(a.kernel, b.kernel);
+  EXPECT_EQ(a.number_format, b.number_format);
   EXPECT_EQ(a.executed_macs, b.executed_macs);
   EXPECT_EQ(a.skipped_pruned, b.skipped_pruned);
   EXPECT_EQ(a.skipped_zero_activation, b.skipped_zero_activation);
