@@ -325,6 +325,11 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
 
   ConvCostModel cost_model = cfg.calibration.empty() ? ConvCostModel::defaults()
                                                      : ConvCostModel::load(cfg.calibration);
+  if (!cfg.calibration.empty() && cost_model.threads > 0 && cost_model.threads != cfg.threads)
+    fmt::print(stderr,
+               "warning: the kernel cost model '{}' was calibrated with {} threads and this run uses {}; the "
+               "kernel choice may be off (run `trainer calibrate --threads {}`)\n",
+               cost_model.source, cost_model.threads, cfg.threads, cfg.threads);
   SparsityContext sctx;
   sctx.mode = parse_kernel_mode(cfg.kernels);
   sctx.cost = &cost_model;
