@@ -210,20 +210,24 @@ void add_layer_work(std::vector<LayerWork>& rows, std::map<std::pair<int32_t, Ph
   }
 }
 
+nlohmann::json phase_work_json(const PhaseWork& p) {
+  return {{"dense_macs", p.dense},
+          {"executed_macs", p.executed},
+          {"skipped_pruned", p.pruned},
+          {"skipped_zero_activation", p.zero_activation},
+          {"skipped_zero_error", p.zero_error},
+          {"skipped_masked_output", p.masked_output},
+          {"seconds", static_cast<double>(p.time_ns) * 1e-9}};
+}
+
 nlohmann::json layer_work_json(const std::vector<LayerWork>& rows) {
   nlohmann::json out = nlohmann::json::array();
   for (const LayerWork& r : rows) {
-    const PhaseWork& p = r.work;
-    out.push_back({{"layer", r.layer},
-                   {"phase", r.phase},
-                   {"kernels", r.kernels},
-                   {"dense_macs", p.dense},
-                   {"executed_macs", p.executed},
-                   {"skipped_pruned", p.pruned},
-                   {"skipped_zero_activation", p.zero_activation},
-                   {"skipped_zero_error", p.zero_error},
-                   {"skipped_masked_output", p.masked_output},
-                   {"seconds", static_cast<double>(p.time_ns) * 1e-9}});
+    nlohmann::json j = phase_work_json(r.work);
+    j["layer"] = r.layer;
+    j["phase"] = r.phase;
+    j["kernels"] = r.kernels;
+    out.push_back(std::move(j));
   }
   return out;
 }
@@ -231,14 +235,7 @@ nlohmann::json layer_work_json(const std::vector<LayerWork>& rows) {
 void add_work(WorkByPhase& w, const std::vector<Op>& ops) {
   for (const Op& op : ops) {
     if (op.dense_macs == 0 || static_cast<int>(op.phase) > 2) continue;
-    PhaseWork& p = w[static_cast<int>(op.phase)];
-    p.dense += op.dense_macs;
-    p.executed += op.executed_macs;
-    p.pruned += op.skipped_pruned;
-    p.zero_activation += op.skipped_zero_activation;
-    p.zero_error += op.skipped_zero_error;
-    p.masked_output += op.skipped_masked_output;
-    p.time_ns += op.time_ns;
+    add_one(w[static_cast<int>(op.phase)], op);
   }
 }
 
@@ -258,16 +255,7 @@ void add_dense_estimates(std::map<std::pair<int32_t, Phase>, double>& into, cons
 nlohmann::json work_json(const WorkByPhase& w) {
   nlohmann::json j = nlohmann::json::object();
   const char* names[3] = {"ff", "bp", "wg"};
-  for (int i = 0; i < 3; ++i) {
-    const PhaseWork& p = w[i];
-    j[names[i]] = {{"dense_macs", p.dense},
-                   {"executed_macs", p.executed},
-                   {"skipped_pruned", p.pruned},
-                   {"skipped_zero_activation", p.zero_activation},
-                   {"skipped_zero_error", p.zero_error},
-                   {"skipped_masked_output", p.masked_output},
-                   {"seconds", static_cast<double>(p.time_ns) * 1e-9}};
-  }
+  for (int i = 0; i < 3; ++i) j[names[i]] = phase_work_json(w[i]);
   return j;
 }
 

@@ -14,21 +14,11 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "binary.hpp"
+
 namespace {
 
-namespace fs = std::filesystem;
-
-struct Result {
-  int code = -1;
-  std::string out, err;
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-#define EXPECT_HAS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
+using namespace trainer::cli_testing;
 
 // One trace for the whole suite (recording it is the slow part: well under a second).
 class Validate : public ::testing::Test {
@@ -45,17 +35,7 @@ class Validate : public ::testing::Test {
   }
   static void TearDownTestSuite() { fs::remove_all(dir_); }
 
-  static Result run(const std::string& args) {
-    const fs::path out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
-    const std::string cmd = "cd '" + dir_.string() + "' && '" + std::string(TRAINER_BINARY) + "' " + args +
-                            " > '" + out.string() + "' 2> '" + err.string() + "'";
-    const int status = std::system(cmd.c_str());
-    Result r;
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    r.out = slurp(out);
-    r.err = slurp(err);
-    return r;
-  }
+  static Result run(const std::string& args) { return run_trainer(dir_, args); }
   static std::string chip(const std::string& name) {
     return std::string(TRAINER_SOURCE_DIR) + "/configs/chips/" + name;
   }
