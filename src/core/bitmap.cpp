@@ -27,46 +27,66 @@ Bitmap Bitmap::nonzeros_of(const Tensor& t) {
     }
     return b;
   }
-  // Blocked layouts: walk the storage in order and scatter each nonzero's bit to its logical index.
-  // Threads split the logical outer dimension (images for nChw16c, channels for NCHW16n) into ranges
-  // whose bits never share a word with another thread's (each range starts on a word boundary).
-  const int64_t N = t.dim(0), C = t.dim(1), H = t.dim(2), W = t.dim(3), HW = H * W;
+  // Blocked layouts: a block holds, at each position hw, one 16-float vector of 16 lanes (channels for
+  // nChw16c, images for NCHW16n), and each lane's bits run along hw in the logical order. So per chunk of
+  // up to 64 positions: one 16-bit nonzero mask per position (a vector compare), transposed into one
+  // 64-bit run per lane, OR-ed into the map at the lane's bit offset.
+  const int64_t N = t.dim(0), C = t.dim(1), HW = t.dim(2) * t.dim(3);
   const float* p = t.data();
+  std::vector<uint64_t>& words = b.words_;
+  // lane_bit(l): the logical bit index of lane l at hw = 0.
+  auto block_to_bits = [&](const float* blk, int lanes, auto lane_bit) {
+    uint16_t m[64];
+    for (int64_t h0 = 0; h0 < HW; h0 += 64) {
+      const int len = static_cast<int>(std::min<int64_t>(64, HW - h0));
+      for (int i = 0; i < len; ++i) {
+        const float* v = blk + (h0 + i) * 16;
+        uint16_t bits = 0;
+        for (int l = 0; l < 16; ++l) bits |= static_cast<uint16_t>(v[l] != 0.0f) << l;
+        m[i] = bits;
+      }
+      for (int l = 0; l < lanes; ++l) {
+        uint64_t run = 0;
+        for (int i = 0; i < len; ++i) run |= static_cast<uint64_t>((m[i] >> l) & 1u) << i;
+        if (!run) continue;
+        const int64_t pos = lane_bit(l) + h0;
+        const int64_t w = pos >> 6;
+        const int sh = static_cast<int>(pos & 63);
+        words[w] |= run << sh;
+        if (sh && sh + len > 64) words[w + 1] |= run >> (64 - sh);
+      }
+    }
+  };
   if (t.layout() == Layout::nChw16c) {
     const int64_t CB = (C + 15) / 16;
-    // One image's bits span C*HW bits; split images so that no two threads touch the same word.
-    auto set_image = [&](int64_t n) {
-      for (int64_t cb = 0; cb < CB; ++cb) {
-        const float* blk = p + (n * CB + cb) * HW * 16;
-        const int64_t cmax = std::min<int64_t>(16, C - cb * 16);
-        for (int64_t i = 0; i < HW; ++i)
-          for (int64_t c = 0; c < cmax; ++c)
-            if (blk[i * 16 + c] != 0.0f) b.set((n * C + cb * 16 + c) * HW + i);
-      }
+    auto image = [&](int64_t n) {
+      for (int64_t cb = 0; cb < CB; ++cb)
+        block_to_bits(p + (n * CB + cb) * HW * 16, static_cast<int>(std::min<int64_t>(16, C - cb * 16)),
+                      [&](int l) { return (n * C + cb * 16 + l) * HW; });
     };
+    // Threads take whole images, whose bits share no word with another image's when C*HW is a multiple
+    // of 64.
     if ((C * HW) % 64 == 0) {
 #pragma omp parallel for schedule(static)
-      for (int64_t n = 0; n < N; ++n) set_image(n);
+      for (int64_t n = 0; n < N; ++n) image(n);
     } else {
-      for (int64_t n = 0; n < N; ++n) set_image(n);
+      for (int64_t n = 0; n < N; ++n) image(n);
     }
     return b;
   }
-  // NCHW16n: image n is lane n % 16 of its block; the same split by images.
-  auto set_image = [&](int64_t n) {
-    const float* blk = p + (n / 16) * C * HW * 16 + n % 16;
-    for (int64_t c = 0; c < C; ++c) {
-      const float* plane = blk + c * HW * 16;
-      const int64_t bit0 = (n * C + c) * HW;
-      for (int64_t i = 0; i < HW; ++i)
-        if (plane[i * 16] != 0.0f) b.set(bit0 + i);
-    }
+  // NCHW16n: lane l of block nb is image nb*16 + l; threads take whole blocks (16 images), whose bits
+  // share no word with another block's when 16*C*HW is a multiple of 64.
+  const int64_t NB = (N + 15) / 16;
+  auto block = [&](int64_t nb) {
+    const int lanes = static_cast<int>(std::min<int64_t>(16, N - nb * 16));
+    for (int64_t c = 0; c < C; ++c)
+      block_to_bits(p + (nb * C + c) * HW * 16, lanes, [&](int l) { return ((nb * 16 + l) * C + c) * HW; });
   };
-  if ((C * HW) % 64 == 0) {
+  if ((16 * C * HW) % 64 == 0) {
 #pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; ++n) set_image(n);
+    for (int64_t nb = 0; nb < NB; ++nb) block(nb);
   } else {
-    for (int64_t n = 0; n < N; ++n) set_image(n);
+    for (int64_t nb = 0; nb < NB; ++nb) block(nb);
   }
   return b;
 }

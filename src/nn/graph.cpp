@@ -12,19 +12,22 @@ namespace {
 
 // Operand nonzero maps for an Op (see Op::x_nz): ff reads x and w, bp reads dy and w, wg reads x and dy.
 // The weight operand is the layer's first parameter (conv and linear weights). x and w do not change
-// between a layer's ff and its wg/bp in one step, so their maps are built once (in ff) and shared.
-void attach_nonzeros(Op& op, Layer& layer, const std::vector<const Tensor*>& xs, const Tensor* dy,
-                     std::shared_ptr<const Bitmap>& x_cache, std::shared_ptr<const Bitmap>& w_cache) {
+// between a layer's ff and its wg/bp in one step, so their maps are built once (in ff) and shared; so is
+// the map of a tensor several layers read (Graph keeps one per node output) and of a node's dy (its wg
+// and bp read the same).
+void attach_nonzeros(Op& op, Layer& layer, const std::shared_ptr<const Bitmap>& x_map,
+                     const std::shared_ptr<const Bitmap>& dy_map, std::shared_ptr<const Bitmap>& x_cache,
+                     std::shared_ptr<const Bitmap>& w_cache) {
   auto params = layer.params();
   const Tensor* w = params.empty() ? nullptr : &params.front()->value;
   const bool weighted = w && (op.kind == "conv2d" || op.kind == "linear");
   if (op.phase == Phase::ff) {
-    x_cache = (!xs.empty() && xs[0]) ? std::make_shared<const Bitmap>(Bitmap::nonzeros_of(*xs[0])) : nullptr;
+    x_cache = x_map;
     w_cache = weighted ? std::make_shared<const Bitmap>(Bitmap::nonzeros_of(*w)) : nullptr;
   }
   if (op.phase != Phase::bp) op.x_nz = x_cache;
   if (op.phase != Phase::wg) op.w_nz = w_cache;
-  if (op.phase != Phase::ff && dy) op.dy_nz = std::make_shared<const Bitmap>(Bitmap::nonzeros_of(*dy));
+  if (op.phase != Phase::ff) op.dy_nz = dy_map;
 }
 
 }  // namespace
@@ -77,6 +80,14 @@ const Tensor& Graph::forward(const Tensor& x, bool training, OpStream* ops) {
     x.convert_to(input_layout_, input_converted_);
     input_ = &input_converted_;
   }
+  input_nz_.reset();
+  for (auto& n : nodes_) n.y_nz.reset();
+  // The map of node j's output (kInput: the model input), built the first time a layer asks for it.
+  auto output_map = [&](int j) -> std::shared_ptr<const Bitmap> {
+    std::shared_ptr<const Bitmap>& m = j == kInput ? input_nz_ : nodes_[j].y_nz;
+    if (!m) m = std::make_shared<const Bitmap>(Bitmap::nonzeros_of(j == kInput ? *input_ : nodes_[j].y));
+    return m;
+  };
   for (size_t i = 0; i < nodes_.size(); ++i) {
     Node& n = nodes_[i];
     auto xs = inputs_ptrs(n);
@@ -88,7 +99,9 @@ const Tensor& Graph::forward(const Tensor& x, bool training, OpStream* ops) {
       if (op.executed_macs + op.skipped() == 0) op.executed_macs = op.dense_macs;
       op.layer = static_cast<int32_t>(i);
       op.layer_name = n.layer->name();
-      if (ops->capturing_nonzeros()) attach_nonzeros(op, *n.layer, xs, nullptr, n.x_nz, n.w_nz);
+      if (ops->capturing_nonzeros())
+        attach_nonzeros(op, *n.layer, n.inputs.empty() ? nullptr : output_map(n.inputs[0]), nullptr, n.x_nz,
+                        n.w_nz);
       ops->record(std::move(op));
     }
   }
@@ -107,6 +120,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
     Node& n = nodes_[i];
     if (!n.dy_set) continue;  // nothing downstream of this node reaches the loss
     auto xs = inputs_ptrs(n);
+    std::shared_ptr<const Bitmap> dy_map;  // this node's dy is final now; its wg and bp share one map
     auto record = [&](Phase phase, uint64_t t0) {
       if (!ops) return;
       Op op = n.layer->describe(phase, xs, n.y);
@@ -114,7 +128,10 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
       if (op.executed_macs + op.skipped() == 0) op.executed_macs = op.dense_macs;
       op.layer = i;
       op.layer_name = n.layer->name();
-      if (ops->capturing_nonzeros()) attach_nonzeros(op, *n.layer, xs, &n.dy, n.x_nz, n.w_nz);
+      if (ops->capturing_nonzeros()) {
+        if (!dy_map) dy_map = std::make_shared<const Bitmap>(Bitmap::nonzeros_of(n.dy));
+        attach_nonzeros(op, *n.layer, nullptr, dy_map, n.x_nz, n.w_nz);
+      }
       ops->record(std::move(op));
     };
     if (!n.layer->params().empty()) {

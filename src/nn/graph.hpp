@@ -55,12 +55,14 @@ class Graph {
     Tensor dy;     // gradient w.r.t. y, during backward
     bool dy_set = false;
     std::shared_ptr<const Bitmap> x_nz, w_nz;  // operand maps of the last ff, when captured
+    std::shared_ptr<const Bitmap> y_nz;        // map of y in this forward, shared by the layers reading it
   };
   std::vector<const Tensor*> inputs_ptrs(const Node& n) const;
   std::vector<Node> nodes_;
   const Tensor* input_ = nullptr;
   Layout input_layout_ = Layout::plain;
   Tensor input_converted_;
+  std::shared_ptr<const Bitmap> input_nz_;
   Tensor scratch_;
 };
 

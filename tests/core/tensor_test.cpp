@@ -78,7 +78,7 @@ TEST(Tensor, BlockedLayoutsConvertIntoEachOther) {
 
 // The nonzero map of a tensor is in logical order whatever its layout (threaded and serial paths).
 TEST(Bitmap, NonzerosAreTheSameInEveryLayout) {
-  for (const Shape& shape : {Shape{37, 16, 4, 4}, Shape{19, 5, 3, 7}}) {
+  for (const Shape& shape : {Shape{37, 16, 4, 4}, Shape{19, 5, 3, 7}, Shape{33, 3, 9, 9}, Shape{20, 18, 28, 28}}) {
     Tensor t(shape);
     for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = (i * 7919) % 3 == 0 ? 0.0f : 1.0f + i % 5;
     const Bitmap want = Bitmap::nonzeros_of(t);
