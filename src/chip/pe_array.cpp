@@ -1,6 +1,7 @@
 #include "chip/pe_array.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <map>
 #include <unordered_map>
@@ -149,6 +150,29 @@ OutputIndex output_index(const ConvWork& w) {
 
 inline bool test_bit(const std::vector<uint64_t>& b, int64_t i) { return (b[i >> 6] >> (i & 63)) & 1u; }
 
+// Set bits of b in [lo, hi).
+inline int64_t count_bits(const std::vector<uint64_t>& b, int64_t lo, int64_t hi) {
+  if (lo >= hi) return 0;
+  const int64_t w0 = lo >> 6, w1 = (hi - 1) >> 6;
+  const uint64_t first = ~uint64_t{0} << (lo & 63), last = ~uint64_t{0} >> (63 - ((hi - 1) & 63));
+  if (w0 == w1) return std::popcount(b[w0] & first & last);
+  int64_t n = std::popcount(b[w0] & first) + std::popcount(b[w1] & last);
+  for (int64_t w = w0 + 1; w < w1; ++w) n += std::popcount(b[w]);
+  return n;
+}
+
+// Set bits of column j over rows [r0, r1): the rows of one block of D are contiguous in the bitmap.
+inline int64_t count_column(const std::vector<uint64_t>& b, const OutputIndex& ix, int64_t j, int64_t r0,
+                            int64_t r1) {
+  int64_t n = 0;
+  for (int64_t i = r0; i < r1;) {
+    const int64_t end = std::min(r1, (i / ix.D + 1) * ix.D);
+    n += count_bits(b, ix(i, j), ix(i, j) + (end - i));
+    i = end;
+  }
+  return n;
+}
+
 }  // namespace
 
 double expected_ceil_max(const std::vector<std::pair<int64_t, int>>& lines, double d, int v, double q) {
@@ -231,8 +255,7 @@ ComputeResult array_compute(const ConvWork& w, const Mapping& m, const ChipSpec&
           }
         } else {
           for (int64_t j = c0; j < c1; ++j) {
-            int64_t n = 0;
-            for (int64_t i = r0; i < r1; ++i) n += test_bit(bits, ix(i, j));
+            const int64_t n = count_column(bits, ix, j, r0, r1);
             if (n) {
               any = true;
               const double work =
