@@ -91,6 +91,8 @@ const Tensor& Graph::forward(const Tensor& x, bool training, OpStream* ops) {
   for (size_t i = 0; i < nodes_.size(); ++i) {
     Node& n = nodes_[i];
     auto xs = inputs_ptrs(n);
+    if (n.inputs.size() == 1 && n.inputs[0] != kInput)
+      n.layer->set_input_sums(nodes_[n.inputs[0]].layer->output_sums());
     const uint64_t t0 = now_ns();
     n.layer->ff(xs, n.y, training);
     if (ops) {

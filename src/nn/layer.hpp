@@ -46,6 +46,16 @@ struct Buffer {
   Tensor* tensor;
 };
 
+// Per-channel sum and sum of squares of a layer's last ff output, when its kernel produced them on the
+// way (the sparse convolutions' epilogue): what a following batch norm needs, without a pass of its own
+// over the tensor (the first step of reformulated batch norm).
+struct ChannelSums {
+  const Tensor* of = nullptr;     // the output they describe; valid until that layer's next ff
+  const double* sum = nullptr;    // [C]
+  const double* sumsq = nullptr;  // [C]
+  int64_t count = 0;              // values per channel (N * H * W)
+};
+
 class Layer {
  public:
   explicit Layer(std::string name) : name_(std::move(name)) {}
@@ -73,6 +83,10 @@ class Layer {
                   const std::vector<Tensor*>& dx) = 0;
   // Writes (not accumulates) the gradients of params().
   virtual void wg(const std::vector<const Tensor*>& /*x*/, const Tensor& /*y*/, const Tensor& /*dy*/) {}
+
+  // See ChannelSums. The graph hands a layer the sums of its (single) input's producer before its ff.
+  virtual const ChannelSums* output_sums() const { return nullptr; }
+  virtual void set_input_sums(const ChannelSums* /*sums*/) {}
 
   virtual std::vector<Param*> params() { return {}; }
   virtual std::vector<Buffer> buffers() { return {}; }

@@ -10,6 +10,7 @@
 #include "core/rng.hpp"
 #include "core/tensor.hpp"
 #include "kernels/conv_ref.hpp"
+#include "nn/layers/batchnorm2d.hpp"
 #include "nn/layers/conv2d.hpp"
 
 using namespace trainer;
@@ -218,6 +219,75 @@ TEST(ConvSparseWeights, AMaskChangeRebuildsTheStructure) {
   std::vector<double> wd(w.data(), w.data() + w.numel()), yd(static_cast<size_t>(16 * 16 * 25));
   conv2d_ff_ref<double>(g, xd.data(), wd.data(), nullptr, yd.data());
   expect_close(plain_double(y), yd, 1e-4, "ff after repack");
+}
+
+}  // namespace
+
+namespace {
+
+// The sparse convolution's epilogue sums y per channel; a batch norm reading that y takes its batch
+// statistics from them instead of a pass of its own, and normalises the same (to float rounding).
+TEST(ConvSparseSums, BatchNormTakesItsStatisticsFromTheConvolution) {
+  Rng rng(9);
+  Conv2d conv("c", 16, 32, 3, 1, 1, /*bias=*/true);
+  conv.init(rng);
+  Tensor& w = conv.weight().value;
+  std::vector<uint8_t> keep(static_cast<size_t>(w.numel()));
+  for (int64_t i = 0; i < w.numel(); ++i) {
+    keep[i] = rng.uniform() < 0.2 ? 1 : 0;
+    if (!keep[i]) w.data()[i] = 0.0f;
+  }
+  for (int64_t k = 0; k < 32; ++k) conv.bias().value.data()[k] = static_cast<float>(k) * 0.1f;  // a nonzero mean
+  SparsityContext ctx;
+  ctx.mode = KernelMode::sparse;
+  conv.set_sparsity(keep.data(), &ctx);
+  Tensor x({20, 16, 7, 7});
+  fill_random(x, rng, 0.4);
+  const Tensor x16 = x.to_layout(Layout::NCHW16n);
+  Tensor y;
+  conv.ff({&x16}, y, true);
+  const ChannelSums* sums = conv.output_sums();
+  ASSERT_NE(sums, nullptr);
+  EXPECT_EQ(sums->of, &y);
+  EXPECT_EQ(sums->count, 20 * 7 * 7);
+  const Tensor yp = y.to_layout(Layout::plain);
+  for (int64_t k = 0; k < 32; ++k) {
+    double s = 0, s2 = 0;
+    for (int64_t n = 0; n < 20; ++n)
+      for (int64_t i = 0; i < 49; ++i) {
+        const double v = yp.data()[(n * 32 + k) * 49 + i];
+        s += v;
+        s2 += v * v;
+      }
+    ASSERT_NEAR(sums->sum[k], s, 1e-4 * (1 + std::abs(s))) << k;
+    ASSERT_NEAR(sums->sumsq[k], s2, 1e-4 * (1 + s2)) << k;
+  }
+
+  BatchNorm2d with("bn", 32), without("bn", 32);
+  Tensor a, b;
+  with.set_input_sums(sums);
+  with.ff({&y}, a, true);
+  without.ff({&y}, b, true);
+  // One-pass sums (float per lane within an image block, double across blocks) against the batch norm's
+  // own shifted two-moment pass: with channel means of up to ~3 standard deviations here, the variance
+  // loses a few digits to cancellation, so outputs agree to 1e-4 relative, not to float rounding.
+  const Tensor ap = a.to_layout(Layout::plain), bp = b.to_layout(Layout::plain);
+  for (int64_t i = 0; i < ap.numel(); ++i)
+    ASSERT_NEAR(ap.data()[i], bp.data()[i], 1e-4 * (1 + std::abs(bp.data()[i]))) << i;
+  for (int64_t k = 0; k < 32; ++k) {
+    EXPECT_NEAR(with.buffers()[0].tensor->data()[k], without.buffers()[0].tensor->data()[k], 1e-5);
+    EXPECT_NEAR(with.buffers()[1].tensor->data()[k], without.buffers()[1].tensor->data()[k], 1e-5);
+  }
+  // Sums of another tensor are not used: the batch norm falls back to its own pass.
+  Tensor other = y;
+  with.set_input_sums(sums);
+  with.ff({&other}, a, true);
+  const Tensor ap2 = a.to_layout(Layout::plain);
+  for (int64_t i = 0; i < ap2.numel(); ++i) ASSERT_NEAR(ap2.data()[i], bp.data()[i], 1e-5) << i;
+  // A dense (oneDNN) ff leaves no sums.
+  ctx.mode = KernelMode::dense;
+  conv.ff({&x16}, y, true);
+  EXPECT_EQ(conv.output_sums(), nullptr);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "nn/layers/batchnorm2d.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.hpp"
@@ -77,7 +78,17 @@ void BatchNorm2d::ff(const std::vector<const Tensor*>& xs, Tensor& y, bool train
     // As PyTorch: the unbiased variance for the running estimate needs two values per channel.
     TRAINER_CHECK(count_ > 1, "batchnorm2d '{}': training needs more than one value per channel, input is {}",
                   name(), shape_str(x.shape()));
-    batchnorm_stats(x, stat_a_.data(), stat_b_.data(), partial_);
+    if (input_sums_ && input_sums_->of == &x && input_sums_->count == count_) {
+      // The producing convolution summed x per channel on its way out: no pass over x here.
+      const double n = static_cast<double>(count_);
+      for (int64_t c = 0; c < C; ++c) {
+        const double mean = input_sums_->sum[c] / n;
+        stat_a_[c] = mean;
+        stat_b_[c] = std::max(0.0, input_sums_->sumsq[c] / n - mean * mean);
+      }
+    } else {
+      batchnorm_stats(x, stat_a_.data(), stat_b_.data(), partial_);
+    }
     const double unbias = static_cast<double>(count_) / static_cast<double>(count_ - 1);
     for (int64_t c = 0; c < C; ++c) {
       const double mean = stat_a_[c], var = stat_b_[c];
@@ -100,6 +111,7 @@ void BatchNorm2d::ff(const std::vector<const Tensor*>& xs, Tensor& y, bool train
       coef_b_[c] = static_cast<float>(beta[c] - rmean[c] * scale);
     }
   }
+  input_sums_ = nullptr;
   batchnorm_apply(x, coef_a_.data(), coef_b_.data(), y);
 }
 

@@ -27,6 +27,7 @@ class BatchNorm2d : public Layer {
 
   std::vector<Param*> params() override { return {&gamma_, &beta_}; }
   std::vector<Buffer> buffers() override;
+  void set_input_sums(const ChannelSums* sums) override { input_sums_ = sums; }
 
   int64_t channels() const { return channels_; }
   // Statistics the last ff normalised with (batch ones in training, running ones in evaluation): [C].
@@ -45,6 +46,7 @@ class BatchNorm2d : public Layer {
   // Saved by ff for wg and bp.
   bool training_ = false;
   int64_t count_ = 0;  // M = N*H*W values per channel
+  const ChannelSums* input_sums_ = nullptr;  // the producer's sums of x, for the next ff only
   std::vector<float> mean_, invstd_;
   // Channel sums over dy: sum(dy) and sum(dy * xhat), in double; valid for sums_of_ (a dy's storage)
   // until bp consumes them or ff runs again.

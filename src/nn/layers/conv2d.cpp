@@ -117,6 +117,7 @@ void Conv2d::ff(const std::vector<const Tensor*>& x, Tensor& y, bool /*training*
   check_input(in.shape());
   const ConvGeom g = dnnl_.geom(in.shape());
   const Tensor* b = has_bias_ ? &bias_.value : nullptr;
+  sums_valid_ = false;
   if (in.layout() != Layout::NCHW16n) {
     dnnl_.ff(in, weight_.value, b, y);
     record(ConvPhase::ff, ConvKernel::dense, dense_counters(g));
@@ -127,7 +128,13 @@ void Conv2d::ff(const std::vector<const Tensor*>& x, Tensor& y, bool /*training*
   if (k == ConvKernel::sparse) {
     ConvEpilogue epi;
     epi.bias = b ? b->data() : nullptr;
+    out_sum_.resize(static_cast<size_t>(K_));
+    out_sumsq_.resize(static_cast<size_t>(K_));
+    epi.sum = out_sum_.data();
+    epi.sumsq = out_sumsq_.data();
     record(ConvPhase::ff, k, sparse_conv_ff(in, sw_, y, scratch_ff_, {}, epi));
+    sums_ = {&y, out_sum_.data(), out_sumsq_.data(), g.N * g.P() * g.Q()};
+    sums_valid_ = true;
   } else {
     in.convert_to(Layout::nChw16c, xr_);
     dnnl_.ff(xr_, weight_.value, b, yr_);

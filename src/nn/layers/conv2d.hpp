@@ -50,6 +50,8 @@ class Conv2d : public Layer {
   void wg(const std::vector<const Tensor*>& x, const Tensor& y, const Tensor& dy) override;
 
   std::vector<Param*> params() override;
+  // Set after an ff on the sparse kernels (their epilogue sums y per channel); null otherwise.
+  const ChannelSums* output_sums() const override { return sums_valid_ ? &sums_ : nullptr; }
   Op describe(Phase phase, const std::vector<const Tensor*>& x, const Tensor& y) const override;
 
   int64_t in_channels() const { return C_; }
@@ -98,6 +100,9 @@ class Conv2d : public Layer {
     SparseCounters counters;
   };
   std::array<Last, 3> last_{};
+  std::vector<double> out_sum_, out_sumsq_;
+  ChannelSums sums_;
+  bool sums_valid_ = false;
 };
 
 }  // namespace trainer
