@@ -17,21 +17,36 @@ const char* phase_name(Phase p) {
   return "?";
 }
 
-void OpStream::fold(const Op& op, std::map<std::pair<int32_t, Phase>, OpTotals>& into) const {
-  OpTotals& t = into[{op.layer, op.phase}];
-  if (t.calls == 0) {
-    t.layer_name = op.layer_name;
-    t.kind = op.kind;
+void OpTotals::add(const Op& op) {
+  if (calls == 0) {
+    layer_name = op.layer_name;
+    kind = op.kind;
   }
-  t.calls += 1;
-  t.dense_macs += op.dense_macs;
-  t.time_ns += op.time_ns;
-  t.executed_macs += op.executed_macs;
-  t.skipped_pruned += op.skipped_pruned;
-  t.skipped_zero_activation += op.skipped_zero_activation;
-  t.skipped_zero_error += op.skipped_zero_error;
-  t.skipped_masked_output += op.skipped_masked_output;
-  if (!op.kernel.empty()) t.kernel_calls[op.kernel] += 1;
+  calls += 1;
+  dense_macs += op.dense_macs;
+  time_ns += op.time_ns;
+  executed_macs += op.executed_macs;
+  skipped_pruned += op.skipped_pruned;
+  skipped_zero_activation += op.skipped_zero_activation;
+  skipped_zero_error += op.skipped_zero_error;
+  skipped_masked_output += op.skipped_masked_output;
+  if (!op.kernel.empty()) kernel_calls[op.kernel] += 1;
+}
+
+void OpTotals::add(const OpTotals& o) {
+  calls += o.calls;
+  dense_macs += o.dense_macs;
+  time_ns += o.time_ns;
+  executed_macs += o.executed_macs;
+  skipped_pruned += o.skipped_pruned;
+  skipped_zero_activation += o.skipped_zero_activation;
+  skipped_zero_error += o.skipped_zero_error;
+  skipped_masked_output += o.skipped_masked_output;
+  for (const auto& [k, n] : o.kernel_calls) kernel_calls[k] += n;
+}
+
+void OpStream::fold(const Op& op, std::map<std::pair<int32_t, Phase>, OpTotals>& into) const {
+  into[{op.layer, op.phase}].add(op);
 }
 
 void OpStream::begin_step() {
@@ -117,14 +132,7 @@ std::string format_sparse_summary(const OpStream& ops, uint64_t images,
       phase_est[p] += est;
     }
     out += line(t.layer_name, phase_name(key.second), kernel, t, est);
-    OpTotals& a = phase_total[p];
-    a.dense_macs += t.dense_macs;
-    a.executed_macs += t.executed_macs;
-    a.skipped_pruned += t.skipped_pruned;
-    a.skipped_zero_activation += t.skipped_zero_activation;
-    a.skipped_zero_error += t.skipped_zero_error;
-    a.skipped_masked_output += t.skipped_masked_output;
-    a.time_ns += t.time_ns;
+    phase_total[p].add(t);
   }
   for (int p = 0; p < 3; ++p)
     out += line("total", phase_name(static_cast<Phase>(p)), "", phase_total[p], phase_est[p]);

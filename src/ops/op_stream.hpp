@@ -18,6 +18,11 @@ struct OpTotals {
   uint64_t executed_macs = 0;
   uint64_t skipped_pruned = 0, skipped_zero_activation = 0, skipped_zero_error = 0, skipped_masked_output = 0;
   std::map<std::string, uint64_t> kernel_calls;  // how often each kernel ran ("dense", "sparse", ...)
+
+  // Counts op in (calls, MACs by reason, time, kernel; the labels of the first op counted).
+  void add(const Op& op);
+  // Sums another record's numbers in (its labels are not taken).
+  void add(const OpTotals& o);
 };
 
 class OpStream {

@@ -174,59 +174,39 @@ void connect_masks(Graph& graph, const PruningPolicy* policy, const SparsityCont
   }
 }
 
-// Work counters of a span of steps, per phase (ff, bp, wg), for the metrics file.
-struct PhaseWork {
-  uint64_t dense = 0, executed = 0, pruned = 0, zero_activation = 0, zero_error = 0, masked_output = 0;
-  uint64_t time_ns = 0;
-};
-using WorkByPhase = std::array<PhaseWork, 3>;
+// Work counters of a span of steps, per phase (ff, bp, wg) and per (layer, phase), for the metrics file.
+using WorkByPhase = std::array<OpTotals, 3>;
 
 // Per (layer, phase) of the layers with multiplies, in execution order of first appearance.
-struct LayerWork {
-  std::string layer, phase;
-  std::map<std::string, uint64_t> kernels;  // calls per kernel
-  PhaseWork work;
-};
+using LayerWork = std::vector<std::pair<Phase, OpTotals>>;
 
-void add_one(PhaseWork& p, const Op& op) {
-  p.dense += op.dense_macs;
-  p.executed += op.executed_macs;
-  p.pruned += op.skipped_pruned;
-  p.zero_activation += op.skipped_zero_activation;
-  p.zero_error += op.skipped_zero_error;
-  p.masked_output += op.skipped_masked_output;
-  p.time_ns += op.time_ns;
-}
-
-void add_layer_work(std::vector<LayerWork>& rows, std::map<std::pair<int32_t, Phase>, size_t>& index,
+void add_layer_work(LayerWork& rows, std::map<std::pair<int32_t, Phase>, size_t>& index,
                     const std::vector<Op>& ops) {
   for (const Op& op : ops) {
     if (op.dense_macs == 0 || static_cast<int>(op.phase) > 2) continue;
     auto [it, fresh] = index.emplace(std::make_pair(op.layer, op.phase), rows.size());
-    if (fresh) rows.push_back({op.layer_name, phase_name(op.phase), {}, {}});
-    LayerWork& r = rows[it->second];
-    if (!op.kernel.empty()) r.kernels[op.kernel] += 1;
-    add_one(r.work, op);
+    if (fresh) rows.emplace_back(op.phase, OpTotals{});
+    rows[it->second].second.add(op);
   }
 }
 
-nlohmann::json phase_work_json(const PhaseWork& p) {
-  return {{"dense_macs", p.dense},
-          {"executed_macs", p.executed},
-          {"skipped_pruned", p.pruned},
-          {"skipped_zero_activation", p.zero_activation},
-          {"skipped_zero_error", p.zero_error},
-          {"skipped_masked_output", p.masked_output},
+nlohmann::json phase_work_json(const OpTotals& p) {
+  return {{"dense_macs", p.dense_macs},
+          {"executed_macs", p.executed_macs},
+          {"skipped_pruned", p.skipped_pruned},
+          {"skipped_zero_activation", p.skipped_zero_activation},
+          {"skipped_zero_error", p.skipped_zero_error},
+          {"skipped_masked_output", p.skipped_masked_output},
           {"seconds", static_cast<double>(p.time_ns) * 1e-9}};
 }
 
-nlohmann::json layer_work_json(const std::vector<LayerWork>& rows) {
+nlohmann::json layer_work_json(const LayerWork& rows) {
   nlohmann::json out = nlohmann::json::array();
-  for (const LayerWork& r : rows) {
-    nlohmann::json j = phase_work_json(r.work);
-    j["layer"] = r.layer;
-    j["phase"] = r.phase;
-    j["kernels"] = r.kernels;
+  for (const auto& [phase, t] : rows) {
+    nlohmann::json j = phase_work_json(t);
+    j["layer"] = t.layer_name;
+    j["phase"] = phase_name(phase);
+    j["kernels"] = t.kernel_calls;
     out.push_back(std::move(j));
   }
   return out;
@@ -235,7 +215,7 @@ nlohmann::json layer_work_json(const std::vector<LayerWork>& rows) {
 void add_work(WorkByPhase& w, const std::vector<Op>& ops) {
   for (const Op& op : ops) {
     if (op.dense_macs == 0 || static_cast<int>(op.phase) > 2) continue;
-    add_one(w[static_cast<int>(op.phase)], op);
+    w[static_cast<int>(op.phase)].add(op);
   }
 }
 
@@ -407,7 +387,7 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
     double loss_sum = 0.0;
     int64_t correct = 0, seen = 0;
     WorkByPhase epoch_work{};
-    std::vector<LayerWork> epoch_layers;
+    LayerWork epoch_layers;
     std::map<std::pair<int32_t, Phase>, size_t> epoch_layer_index;
     for (int64_t b = 0; b < steps_taken; ++b) {
       ops.begin_step();
