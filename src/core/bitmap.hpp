@@ -15,6 +15,9 @@ class Bitmap {
   Bitmap() = default;
   explicit Bitmap(Shape shape);  // all zero
   static Bitmap nonzeros_of(const Tensor& t);
+  // Makes this the nonzero map of t, reusing the storage it already has (no allocation when it is
+  // large enough).
+  void assign_nonzeros(const Tensor& t);
 
   const Shape& shape() const { return shape_; }
   int64_t size() const { return size_; }

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <functional>
+
 #include "core/error.hpp"
 #include "core/timer.hpp"
 #include "kernels/eltwise.hpp"
@@ -17,13 +19,14 @@ namespace {
 // and bp read the same).
 void attach_nonzeros(Op& op, Layer& layer, const std::shared_ptr<const Bitmap>& x_map,
                      const std::shared_ptr<const Bitmap>& dy_map, std::shared_ptr<const Bitmap>& x_cache,
-                     std::shared_ptr<const Bitmap>& w_cache) {
+                     std::shared_ptr<const Bitmap>& w_cache,
+                     const std::function<std::shared_ptr<const Bitmap>(const Tensor&)>& map_of) {
   auto params = layer.params();
   const Tensor* w = params.empty() ? nullptr : &params.front()->value;
   const bool weighted = w && (op.kind == "conv2d" || op.kind == "linear");
   if (op.phase == Phase::ff) {
     x_cache = x_map;
-    w_cache = weighted ? std::make_shared<const Bitmap>(Bitmap::nonzeros_of(*w)) : nullptr;
+    w_cache = weighted ? map_of(*w) : nullptr;
   }
   if (op.phase != Phase::bp) op.x_nz = x_cache;
   if (op.phase != Phase::wg) op.w_nz = w_cache;
@@ -31,6 +34,20 @@ void attach_nonzeros(Op& op, Layer& layer, const std::shared_ptr<const Bitmap>& 
 }
 
 }  // namespace
+
+std::shared_ptr<const Bitmap> Graph::map_of(const Tensor& t) {
+  // A free pooled map (held by the pool alone), preferring one of the same size.
+  const size_t words = static_cast<size_t>((t.numel() + 63) / 64);
+  std::shared_ptr<Bitmap>* free = nullptr;
+  for (auto& b : map_pool_) {
+    if (b.use_count() != 1) continue;
+    if (!free || b->words().capacity() == words) free = &b;
+    if (b->words().capacity() == words) break;
+  }
+  if (!free) free = &map_pool_.emplace_back(std::make_shared<Bitmap>());
+  (*free)->assign_nonzeros(t);
+  return *free;
+}
 
 int Graph::add(std::unique_ptr<Layer> layer, std::vector<int> inputs) {
   TRAINER_CHECK(layer != nullptr, "graph: null layer");
@@ -81,11 +98,11 @@ const Tensor& Graph::forward(const Tensor& x, bool training, OpStream* ops) {
     input_ = &input_converted_;
   }
   input_nz_.reset();
-  for (auto& n : nodes_) n.y_nz.reset();
+  for (auto& n : nodes_) n.y_nz.reset(), n.x_nz.reset(), n.w_nz.reset();
   // The map of node j's output (kInput: the model input), built the first time a layer asks for it.
   auto output_map = [&](int j) -> std::shared_ptr<const Bitmap> {
     std::shared_ptr<const Bitmap>& m = j == kInput ? input_nz_ : nodes_[j].y_nz;
-    if (!m) m = std::make_shared<const Bitmap>(Bitmap::nonzeros_of(j == kInput ? *input_ : nodes_[j].y));
+    if (!m) m = map_of(j == kInput ? *input_ : nodes_[j].y);
     return m;
   };
   for (size_t i = 0; i < nodes_.size(); ++i) {
@@ -103,7 +120,7 @@ const Tensor& Graph::forward(const Tensor& x, bool training, OpStream* ops) {
       op.layer_name = n.layer->name();
       if (ops->capturing_nonzeros())
         attach_nonzeros(op, *n.layer, n.inputs.empty() ? nullptr : output_map(n.inputs[0]), nullptr, n.x_nz,
-                        n.w_nz);
+                        n.w_nz, [this](const Tensor& t) { return map_of(t); });
       ops->record(std::move(op));
     }
   }
@@ -131,8 +148,9 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
       op.layer = i;
       op.layer_name = n.layer->name();
       if (ops->capturing_nonzeros()) {
-        if (!dy_map) dy_map = std::make_shared<const Bitmap>(Bitmap::nonzeros_of(n.dy));
-        attach_nonzeros(op, *n.layer, nullptr, dy_map, n.x_nz, n.w_nz);
+        if (!dy_map) dy_map = map_of(n.dy);
+        attach_nonzeros(op, *n.layer, nullptr, dy_map, n.x_nz, n.w_nz,
+                        [this](const Tensor& t) { return map_of(t); });
       }
       ops->record(std::move(op));
     };

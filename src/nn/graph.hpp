@@ -63,6 +63,10 @@ class Graph {
   Layout input_layout_ = Layout::plain;
   Tensor input_converted_;
   std::shared_ptr<const Bitmap> input_nz_;
+  // The nonzero map of t, in a pooled Bitmap: maps nobody holds any more (the step's Ops are gone) are
+  // refilled in place rather than allocated anew, which saved the page faults of fresh allocations.
+  std::shared_ptr<const Bitmap> map_of(const Tensor& t);
+  std::vector<std::shared_ptr<Bitmap>> map_pool_;
   Tensor scratch_;
 };
 

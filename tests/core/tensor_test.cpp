@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "core/bitmap.hpp"
 #include "core/error.hpp"
 #include "core/tensor.hpp"
@@ -80,8 +82,16 @@ TEST(Tensor, BlockedLayoutsConvertIntoEachOther) {
 TEST(Bitmap, NonzerosAreTheSameInEveryLayout) {
   for (const Shape& shape : {Shape{37, 16, 4, 4}, Shape{19, 5, 3, 7}, Shape{33, 3, 9, 9}, Shape{20, 18, 28, 28}}) {
     Tensor t(shape);
-    for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = (i * 7919) % 3 == 0 ? 0.0f : 1.0f + i % 5;
+    // Zeros, negative zeros (zero), NaNs (nonzero) and ordinary values.
+    for (int64_t i = 0; i < t.numel(); ++i)
+      t.data()[i] = (i * 7919) % 3 == 0 ? 0.0f
+                    : i % 13 == 0        ? -0.0f
+                    : i % 101 == 0       ? std::numeric_limits<float>::quiet_NaN()
+                                         : 1.0f + i % 5;
     const Bitmap want = Bitmap::nonzeros_of(t);
+    for (int64_t i = 0; i < t.numel(); ++i) ASSERT_EQ(want.test(i), t.data()[i] != 0.0f) << i;
+    for (int64_t i = t.numel(); i < static_cast<int64_t>(want.words().size()) * 64; ++i)
+      ASSERT_FALSE((want.words()[i >> 6] >> (i & 63)) & 1u) << "bit past the end " << i;
     EXPECT_EQ(want.count(), [&] {
       int64_t n = 0;
       for (int64_t i = 0; i < t.numel(); ++i) n += t.data()[i] != 0.0f;
