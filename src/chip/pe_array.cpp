@@ -5,6 +5,9 @@
 #include <cmath>
 #include <map>
 #include <unordered_map>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #include "core/error.hpp"
 
@@ -148,29 +151,66 @@ OutputIndex output_index(const ConvWork& w) {
   return ix;
 }
 
-inline bool test_bit(const std::vector<uint64_t>& b, int64_t i) { return (b[i >> 6] >> (i & 63)) & 1u; }
-
-// Set bits of b in [lo, hi).
-inline int64_t count_bits(const std::vector<uint64_t>& b, int64_t lo, int64_t hi) {
-  if (lo >= hi) return 0;
-  const int64_t w0 = lo >> 6, w1 = (hi - 1) >> 6;
-  const uint64_t first = ~uint64_t{0} << (lo & 63), last = ~uint64_t{0} >> (63 - ((hi - 1) & 63));
-  if (w0 == w1) return std::popcount(b[w0] & first & last);
-  int64_t n = std::popcount(b[w0] & first) + std::popcount(b[w1] & last);
-  for (int64_t w = w0 + 1; w < w1; ++w) n += std::popcount(b[w]);
-  return n;
+// Bits [pos, pos + 64) of a word array; bits past the end read as zero.
+inline uint64_t bits_at(const std::vector<uint64_t>& b, int64_t pos) {
+  const int64_t i = pos >> 6, nw = static_cast<int64_t>(b.size());
+  const int sh = static_cast<int>(pos & 63);
+  const uint64_t lo = i < nw ? b[i] : 0;
+  if (sh == 0) return lo;
+  const uint64_t hi = i + 1 < nw ? b[i + 1] : 0;
+  return (lo >> sh) | (hi << (64 - sh));
 }
 
-// Set bits of column j over rows [r0, r1): the rows of one block of D are contiguous in the bitmap.
-inline int64_t count_column(const std::vector<uint64_t>& b, const OutputIndex& ix, int64_t j, int64_t r0,
-                            int64_t r1) {
-  int64_t n = 0;
-  for (int64_t i = r0; i < r1;) {
-    const int64_t end = std::min(r1, (i / ix.D + 1) * ix.D);
-    n += count_bits(b, ix(i, j), ix(i, j) + (end - i));
-    i = end;
+// Column j's bits over every row, in runs of up to 64 rows: f(first row, bits, number of rows). The rows
+// of one block of D are contiguous in the bitmap (OutputIndex).
+template <class F>
+void for_column_runs(const std::vector<uint64_t>& b, const OutputIndex& ix, int64_t j, int64_t rows, F&& f) {
+  for (int64_t r0 = 0; r0 < rows; r0 += ix.D) {
+    const int64_t len = std::min(ix.D, rows - r0), at = ix(r0, j);
+    for (int64_t k = 0; k < len; k += 64) {
+      const int n = static_cast<int>(std::min<int64_t>(64, len - k));
+      uint64_t bits = bits_at(b, at + k);
+      if (n < 64) bits &= (uint64_t{1} << n) - 1;
+      if (bits) f(r0 + k, bits, n);
+    }
   }
-  return n;
+}
+
+// p[i] += v for each set bit i of bits (i < n).
+inline void masked_add(int32_t* p, uint64_t bits, int n, int32_t v) {
+#ifdef __AVX512F__
+  if (n == 64) {
+    const __m512i add = _mm512_set1_epi32(v);
+    for (int q = 0; q < 4; ++q) {
+      const __mmask16 m = static_cast<__mmask16>(bits >> (16 * q));
+      const __m512i x = _mm512_loadu_si512(p + 16 * q);
+      _mm512_storeu_si512(p + 16 * q, _mm512_mask_add_epi32(x, m, x, add));
+    }
+    return;
+  }
+#endif
+  for (; bits; bits &= bits - 1) p[std::countr_zero(bits)] += v;
+  (void)n;
+}
+
+// p[i] = max(p[i], v) for each set bit i of bits (i < n).
+inline void masked_max(int32_t* p, uint64_t bits, int n, int32_t v) {
+#ifdef __AVX512F__
+  if (n == 64) {
+    const __m512i y = _mm512_set1_epi32(v);
+    for (int q = 0; q < 4; ++q) {
+      const __mmask16 m = static_cast<__mmask16>(bits >> (16 * q));
+      const __m512i x = _mm512_loadu_si512(p + 16 * q);
+      _mm512_storeu_si512(p + 16 * q, _mm512_mask_max_epi32(x, m, x, y));
+    }
+    return;
+  }
+#endif
+  for (; bits; bits &= bits - 1) {
+    int32_t& x = p[std::countr_zero(bits)];
+    x = std::max(x, v);
+  }
+  (void)n;
 }
 
 }  // namespace
@@ -226,10 +266,11 @@ ComputeResult array_compute(const ConvWork& w, const Mapping& m, const ChipSpec&
       for (int64_t i = 0; i < w.rows; ++i)
         rowmax[i / Ra] = std::max(rowmax[i / Ra], static_cast<double>(ceil_div(w.a_line_nnz[i], v)));
     if (!has_live) {
+      int64_t g = 0;  // (ct * RT + rt) % G
       for (int64_t ct = 0; ct < CT; ++ct)
-        for (int64_t rt = 0; rt < RT; ++rt) {
+        for (int64_t rt = 0; rt < RT; ++rt, g = g + 1 == G ? 0 : g + 1) {
           const double t = comp_b ? colmax[ct] : comp_a ? rowmax[rt] : dense_tile;
-          group[(ct * RT + rt) % G] += t + overhead;
+          group[g] += t + overhead;
         }
       out.mac_slots = out.all_slots;
     } else {
@@ -237,39 +278,62 @@ ComputeResult array_compute(const ConvWork& w, const Mapping& m, const ChipSpec&
       const auto& bits = *live.bits;
       std::vector<double> tile_cycles(static_cast<size_t>(RT * CT), 0.0),
           tile_slots(static_cast<size_t>(RT * CT), 0.0);
-#pragma omp parallel for schedule(static) if (w.rows * w.cols > (int64_t{1} << 16))
-      for (int64_t t = 0; t < RT * CT; ++t) {
-        const int64_t ct = t / RT, rt = t % RT;
-        const int64_t r0 = rt * Ra, r1 = r0 + rows_in(rt), c0 = ct * Ca, c1 = c0 + cols_in(ct);
-        double mx = 0, slots = 0;
-        bool any = false;
+      // Per column tile, sweep its columns' live bits over all rows (vector masked updates), then read
+      // each row tile off the per-row sums.
+      //  a compressed: cnt[i] = live outputs of row i in the tile's columns; PE row i works
+      //    ceil(nnz_a[i] / v) when any of its outputs is live;
+      //  otherwise: best[i] = 1 + the largest ceil(work_j / v) over row i's live columns (0: none live),
+      //    wsum[i] = the sum of work_j over them, work_j = nnz_b[j] (b compressed) or the reduction.
+      std::vector<int32_t> cnt, best, wsum;
+      if (comp_a)
+        cnt.resize(static_cast<size_t>(w.rows));
+      else
+        best.resize(static_cast<size_t>(w.rows)), wsum.resize(static_cast<size_t>(w.rows));
+      for (int64_t ct = 0; ct < CT; ++ct) {
+        const int64_t c0 = ct * Ca, c1 = c0 + cols_in(ct);
         if (comp_a) {
-          for (int64_t i = r0; i < r1; ++i) {
-            int64_t n = 0;
-            for (int64_t j = c0; j < c1; ++j) n += test_bit(bits, ix(i, j));
-            if (n) {
-              any = true;
-              mx = std::max(mx, static_cast<double>(ceil_div(w.a_line_nnz[i], v)));
-              slots += static_cast<double>(n) * w.a_line_nnz[i];
-            }
-          }
+          std::fill(cnt.begin(), cnt.end(), 0);
+          for (int64_t j = c0; j < c1; ++j)
+            for_column_runs(bits, ix, j, w.rows,
+                            [&](int64_t r, uint64_t b, int n) { masked_add(cnt.data() + r, b, n, 1); });
         } else {
+          std::fill(best.begin(), best.end(), 0);
+          std::fill(wsum.begin(), wsum.end(), 0);
           for (int64_t j = c0; j < c1; ++j) {
-            const int64_t n = count_column(bits, ix, j, r0, r1);
-            if (n) {
-              any = true;
-              const double work =
-                  comp_b ? static_cast<double>(w.b_line_nnz[j]) : static_cast<double>(w.reduction);
-              mx = std::max(mx, static_cast<double>(ceil_div(static_cast<int64_t>(work), v)));
-              slots += static_cast<double>(n) * work;
-            }
+            const int64_t work = comp_b ? w.b_line_nnz[j] : w.reduction;
+            const int32_t tag = static_cast<int32_t>(ceil_div(work, v) + 1);
+            for_column_runs(bits, ix, j, w.rows, [&](int64_t r, uint64_t b, int n) {
+              masked_max(best.data() + r, b, n, tag);
+              masked_add(wsum.data() + r, b, n, static_cast<int32_t>(work));
+            });
           }
         }
-        tile_cycles[t] = any ? mx + overhead : 0.0;
-        tile_slots[t] = slots;
+        for (int64_t rt = 0; rt < RT; ++rt) {
+          const int64_t r0 = rt * Ra, r1 = r0 + rows_in(rt);
+          double mx = 0, slots = 0;
+          bool any = false;
+          if (comp_a) {
+            for (int64_t i = r0; i < r1; ++i)
+              if (cnt[i]) {
+                any = true;
+                mx = std::max(mx, static_cast<double>(ceil_div(w.a_line_nnz[i], v)));
+                slots += static_cast<double>(cnt[i]) * w.a_line_nnz[i];
+              }
+          } else {
+            for (int64_t i = r0; i < r1; ++i)
+              if (best[i]) {
+                any = true;
+                mx = std::max(mx, static_cast<double>(best[i] - 1));
+                slots += static_cast<double>(wsum[i]);
+              }
+          }
+          const int64_t t = ct * RT + rt;
+          tile_cycles[t] = any ? mx + overhead : 0.0;
+          tile_slots[t] = slots;
+        }
       }
-      for (int64_t t = 0; t < RT * CT; ++t) {
-        group[t % G] += tile_cycles[t];
+      for (int64_t t = 0, g = 0; t < RT * CT; ++t, g = g + 1 == G ? 0 : g + 1) {
+        group[g] += tile_cycles[t];
         out.mac_slots += tile_slots[t];
       }
     }
@@ -322,9 +386,10 @@ ComputeResult array_compute(const ConvWork& w, const Mapping& m, const ChipSpec&
     std::vector<double> a_tile[2];
     if (comp_a)
       for (auto& t : a_tile) t.assign(static_cast<size_t>(period), -1.0);
+    int64_t g = 0;  // (ct * RT + rt) % G
     for (int64_t ct = 0; ct < CT; ++ct) {
       const int j = ct == CT - 1 && last_nc != Ca ? 1 : 0;
-      for (int64_t rt = 0; rt < RT; ++rt) {
+      for (int64_t rt = 0; rt < RT; ++rt, g = g + 1 == G ? 0 : g + 1) {
         const int i = rt == RT - 1 && last_nr != Ra ? 1 : 0;
         double t;
         if (comp_b) {
@@ -340,7 +405,7 @@ ComputeResult array_compute(const ConvWork& w, const Mapping& m, const ChipSpec&
         } else {
           t = dense_tile * live_tile[i][j];
         }
-        group[(ct * RT + rt) % G] += t + overhead * live_tile[i][j];
+        group[g] += t + overhead * live_tile[i][j];
       }
     }
     out.mac_slots = out.all_slots * rho;
