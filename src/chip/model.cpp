@@ -93,10 +93,10 @@ Mapping ChipModel::choose_mapping(const ConvWork& w, const OutputLiveness& live)
   return candidates[best];
 }
 
-OpCost ChipModel::cost_with_context(const Op& op, const OutputLiveness& live) const {
+OpCost ChipModel::cost_with_context(const Op& op, const OutputLiveness& live, AnalysisCache* cache) const {
   if (is_array_op(op)) {
     const bool exact = mode_ == CostMode::exact;
-    const ConvWork w = exact ? analyse_exact(op) : analyse_statistical(op);
+    const ConvWork w = exact ? analyse_exact(op, cache) : analyse_statistical(op);
     const Mapping m = choose_mapping(w, live);
     return cost_mapping(op, w, m, exact, live);
   }
@@ -146,11 +146,12 @@ std::vector<OpCost> ChipModel::cost_step(const std::vector<Op>& ops) const {
   // each Op's result depends only on the Op, so the order threads take them in changes nothing.
   std::vector<OpCost> out(ops.size());
   std::vector<std::exception_ptr> errors(ops.size());
+  AnalysisCache cache;  // ff and wg share x's sums, bp and wg dy's
   const int64_t n = static_cast<int64_t>(ops.size());
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t i = 0; i < n; ++i) {
     try {
-      out[i] = cost_with_context(ops[i], live[i]);
+      out[i] = cost_with_context(ops[i], live[i], &cache);
     } catch (...) {
       errors[i] = std::current_exception();
     }

@@ -53,7 +53,7 @@ class ChipModel {
                       const OutputLiveness& live = {}) const;
 
  private:
-  OpCost cost_with_context(const Op& op, const OutputLiveness& live) const;
+  OpCost cost_with_context(const Op& op, const OutputLiveness& live, AnalysisCache* cache = nullptr) const;
   ChipSpec spec_;
   CostMode mode_;
 };

@@ -4,6 +4,7 @@
 #include <bit>
 #include <cmath>
 #include <map>
+#include <numeric>
 #include <unordered_map>
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -247,8 +248,7 @@ ComputeResult array_compute(const ConvWork& w, const Mapping& m, const ChipSpec&
     for (int32_t x : w.a_line_nnz) sum_a += x;
     for (int32_t x : w.b_line_nnz) sum_b += x;
   } else {
-    for (int32_t L : w.a_line_len) sum_a += L;
-    sum_a *= w.a_density();
+    sum_a = w.a_len_total * w.a_density();
     sum_b = static_cast<double>(w.cols) * static_cast<double>(w.reduction) * w.b_density();
   }
   out.all_slots =
@@ -386,27 +386,51 @@ ComputeResult array_compute(const ConvWork& w, const Mapping& m, const ChipSpec&
     std::vector<double> a_tile[2];
     if (comp_a)
       for (auto& t : a_tile) t.assign(static_cast<size_t>(period), -1.0);
-    int64_t g = 0;  // (ct * RT + rt) % G
-    for (int64_t ct = 0; ct < CT; ++ct) {
-      const int j = ct == CT - 1 && last_nc != Ca ? 1 : 0;
-      for (int64_t rt = 0; rt < RT; ++rt, g = g + 1 == G ? 0 : g + 1) {
-        const int i = rt == RT - 1 && last_nr != Ra ? 1 : 0;
+    // Tile (ct, rt) goes to group (ct * RT + rt) % G. Within a column of tiles the full-height tiles'
+    // values repeat with period pr in rt (a: the offset of the tile's first row within the period of line
+    // lengths; otherwise they are all equal), so each column size's per-residue sums (residue rt % G)
+    // take O(lcm(pr, G)) evaluations, and each column of tiles adds them at its offset.
+    const bool last_row_partial = last_nr != Ra;
+    const int64_t full_rows = last_row_partial ? RT - 1 : RT;  // tiles of Ra rows in a column
+    const int64_t pr = comp_a ? period / std::gcd(period, Ra) : 1;
+    auto column_sums = [&](int j) {
+      const int64_t nc = j ? last_nc : Ca;
+      auto value = [&](int64_t rt) {
         double t;
         if (comp_b) {
-          t = b_tile[i][j];
+          t = b_tile[0][j];
         } else if (comp_a) {
-          if (i) {
-            t = eval_a(rt * Ra, last_nr, j ? last_nc : Ca);
-          } else {
-            double& slot = a_tile[j][static_cast<size_t>((rt * Ra) % period)];
-            if (slot < 0) slot = eval_a(rt * Ra, Ra, j ? last_nc : Ca);
-            t = slot;
-          }
+          double& slot = a_tile[j][static_cast<size_t>((rt * Ra) % period)];
+          if (slot < 0) slot = eval_a(rt * Ra, Ra, nc);
+          t = slot;
         } else {
-          t = dense_tile * live_tile[i][j];
+          t = dense_tile * live_tile[0][j];
         }
-        group[g] += t + overhead * live_tile[i][j];
+        return t + overhead * live_tile[0][j];
+      };
+      std::vector<double> sums(static_cast<size_t>(G), 0.0);
+      const int64_t L = std::lcm(pr, G), blocks = full_rows / L;
+      if (blocks > 0) {
+        std::vector<double> one(static_cast<size_t>(G), 0.0);
+        for (int64_t rt = 0; rt < L; ++rt) one[rt % G] += value(rt);
+        for (int64_t r = 0; r < G; ++r) sums[r] = one[r] * static_cast<double>(blocks);
       }
+      for (int64_t rt = blocks * L; rt < full_rows; ++rt) sums[rt % G] += value(rt);
+      if (last_row_partial) {
+        const double t = comp_b   ? b_tile[1][j]
+                         : comp_a ? eval_a((RT - 1) * Ra, last_nr, nc)
+                                  : dense_tile * live_tile[1][j];
+        sums[(RT - 1) % G] += t + overhead * live_tile[1][j];
+      }
+      return sums;
+    };
+    const bool last_col_partial = last_nc != Ca;
+    const std::vector<double> full_col = column_sums(0);
+    const std::vector<double> last_col = last_col_partial ? column_sums(1) : full_col;
+    for (int64_t ct = 0; ct < CT; ++ct) {
+      const std::vector<double>& sums = ct == CT - 1 ? last_col : full_col;
+      const int64_t o = (ct * RT) % G;
+      for (int64_t r = 0; r < G; ++r) group[(o + r) % G] += sums[r];
     }
     out.mac_slots = out.all_slots * rho;
   }

@@ -140,6 +140,7 @@ void fill_common(ConvWork& w, const Op& op) {
           w.a_line_len[(c * g.R + r) * g.S + s] = static_cast<int32_t>(g.N * np * nq);
         }
   }
+  for (int32_t L : w.a_line_len) w.a_len_total += L;
 }
 
 // plane[n][h][w] = sum over c of bits of t[n, c, h, w]   (t: [N, C, HW])
@@ -207,15 +208,50 @@ std::vector<int32_t> receptive_field_sums(const std::vector<int32_t>& plane, con
   return out;
 }
 
-void analyse_ff(ConvWork& w, const Op& op) {
+// The geometry part of a cache key.
+std::array<int64_t, 13> geometry_key(const ConvGeometry& g) {
+  return {g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.P, g.Q, g.stride_h, g.stride_w, g.pad_h, g.pad_w};
+}
+
+enum CacheTag { kReceptiveX = 0, kShiftedX = 1, kPerPositionDy = 2 };
+
+template <class T, class F>
+std::shared_ptr<const T> cached(AnalysisCache* cache, const Bitmap* map, CacheTag tag, const ConvGeometry& g,
+                                F&& make) {
+  // No map (a dense operand): its all-ones stand-in is the Op's own, so it is not shared.
+  if (!cache || !map) return std::make_shared<const T>(make());
+  return cache->get<T>(AnalysisCache::Key{map, tag, geometry_key(g)}, std::forward<F>(make));
+}
+
+// x's reductions that ff and wg share: per output position (n, p, q) the nonzeros of its receptive
+// field ([N, P, Q]), and per (c, r, s) the nonzeros the tap meets over all output positions ([C, R, S]).
+std::shared_ptr<const std::vector<int32_t>> x_receptive(AnalysisCache* cache, const Bitmap* map,
+                                                        const std::vector<uint64_t>& xb, const ConvGeometry& g) {
+  return cached<std::vector<int32_t>>(cache, map, kReceptiveX, g, [&] {
+    return receptive_field_sums(sum_over_dim1(xb, g.N, g.C, g.H * g.W), g);
+  });
+}
+std::shared_ptr<const std::vector<int64_t>> x_shifted(AnalysisCache* cache, const Bitmap* map,
+                                                      const std::vector<uint64_t>& xb, const ConvGeometry& g) {
+  return cached<std::vector<int64_t>>(cache, map, kShiftedX, g, [&] {
+    return shifted_window_sums(sum_over_dim0(xb, g.N, g.C, g.H * g.W), g, g.C, g.H, g.W, g.P, g.Q);
+  });
+}
+// dy summed over k per output position (n, p, q) ([N, P, Q]): bp and wg share it.
+std::shared_ptr<const std::vector<int32_t>> dy_per_position(AnalysisCache* cache, const Bitmap* map,
+                                                            const std::vector<uint64_t>& db,
+                                                            const ConvGeometry& g) {
+  return cached<std::vector<int32_t>>(cache, map, kPerPositionDy, g,
+                                      [&] { return sum_over_dim1(db, g.N, g.K, g.P * g.Q); });
+}
+
+void analyse_ff(ConvWork& w, const Op& op, AnalysisCache* cache) {
   const ConvGeometry& g = w.geo;
   std::vector<uint64_t> ones_x, ones_w;
   const auto& xb = operand_bits(op.x_nz, w.a_elems, op, "x", ones_x);
   const auto& wb = operand_bits(op.w_nz, w.b_elems, op, "w", ones_w);
-  const int64_t HW = g.H * g.W, CRS = g.C * g.R * g.S;
-  const auto xc = sum_over_dim1(xb, g.N, g.C, HW);
-  const auto xn = sum_over_dim0(xb, g.N, g.C, HW);
-  w.a_line_nnz = receptive_field_sums(xc, g);
+  const int64_t CRS = g.C * g.R * g.S;
+  w.a_line_nnz = *x_receptive(cache, op.x_nz.get(), xb, g);
   w.b_line_nnz.resize(static_cast<size_t>(g.K));
   for (int64_t k = 0; k < g.K; ++k)
     w.b_line_nnz[k] = static_cast<int32_t>(popcount_range(wb, k * CRS, (k + 1) * CRS));
@@ -223,21 +259,22 @@ void analyse_ff(ConvWork& w, const Op& op) {
   // positions) x (nonzero w at it over all k).
   std::vector<int32_t> col_w(static_cast<size_t>(CRS), 0);
   for (int64_t k = 0; k < g.K; ++k) accumulate_bits(wb, k * CRS, CRS, col_w.data());
-  const auto col_x = shifted_window_sums(xn, g, g.C, g.H, g.W, g.P, g.Q);
+  const auto col_x = x_shifted(cache, op.x_nz.get(), xb, g);
   double eff = 0;
-  for (int64_t i = 0; i < CRS; ++i) eff += static_cast<double>(col_x[i]) * col_w[i];
+  for (int64_t i = 0; i < CRS; ++i) eff += static_cast<double>((*col_x)[i]) * col_w[i];
   w.effectual_macs = eff;
   w.a_nnz = static_cast<double>(popcount_range(xb, 0, w.a_elems));
   w.b_nnz = static_cast<double>(popcount_range(wb, 0, w.b_elems));
 }
 
-void analyse_bp(ConvWork& w, const Op& op) {
+void analyse_bp(ConvWork& w, const Op& op, AnalysisCache* cache) {
   const ConvGeometry& g = w.geo;
   std::vector<uint64_t> ones_d, ones_w;
   const auto& db = operand_bits(op.dy_nz, w.a_elems, op, "dy", ones_d);
   const auto& wb = operand_bits(op.w_nz, w.b_elems, op, "w", ones_w);
   const int64_t PQ = g.P * g.Q, RS = g.R * g.S;
-  const auto dk = sum_over_dim1(db, g.N, g.K, PQ);  // [N, P, Q]
+  const auto dk_shared = dy_per_position(cache, op.dy_nz.get(), db, g);  // [N, P, Q]
+  const std::vector<int32_t>& dk = *dk_shared;
   const auto dn = sum_over_dim0(db, g.N, g.K, PQ);  // [K, P, Q]
   // Lines of a: the dy window feeding input position (n, h, w) through every tap (r, s).
   w.a_line_nnz.assign(static_cast<size_t>(g.N * g.H * g.W), 0);
@@ -295,27 +332,25 @@ void analyse_bp(ConvWork& w, const Op& op) {
   w.b_nnz = static_cast<double>(popcount_range(wb, 0, w.b_elems));
 }
 
-void analyse_wg(ConvWork& w, const Op& op) {
+void analyse_wg(ConvWork& w, const Op& op, AnalysisCache* cache) {
   const ConvGeometry& g = w.geo;
   std::vector<uint64_t> ones_x, ones_d;
   const auto& xb = operand_bits(op.x_nz, w.a_elems, op, "x", ones_x);
   const auto& db = operand_bits(op.dy_nz, w.b_elems, op, "dy", ones_d);
-  const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
-  const auto xc = sum_over_dim1(xb, g.N, g.C, HW);
-  const auto xn = sum_over_dim0(xb, g.N, g.C, HW);
-  const auto lines_a = shifted_window_sums(xn, g, g.C, g.H, g.W, g.P, g.Q);
-  w.a_line_nnz.resize(lines_a.size());
-  for (size_t i = 0; i < lines_a.size(); ++i) w.a_line_nnz[i] = static_cast<int32_t>(lines_a[i]);
+  const int64_t PQ = g.P * g.Q;
+  const auto lines_a = x_shifted(cache, op.x_nz.get(), xb, g);
+  w.a_line_nnz.resize(lines_a->size());
+  for (size_t i = 0; i < lines_a->size(); ++i) w.a_line_nnz[i] = static_cast<int32_t>((*lines_a)[i]);
   w.b_line_nnz.assign(static_cast<size_t>(g.K), 0);
   for (int64_t n = 0; n < g.N; ++n)
     for (int64_t k = 0; k < g.K; ++k)
       w.b_line_nnz[k] += static_cast<int32_t>(popcount_range(db, (n * g.K + k) * PQ, (n * g.K + k + 1) * PQ));
   // Effectual products: per output position (n, p, q), (nonzero x of its receptive field) x (nonzero dy
   // over k there).
-  const auto rf = receptive_field_sums(xc, g);
-  const auto dk = sum_over_dim1(db, g.N, g.K, PQ);
+  const auto rf = x_receptive(cache, op.x_nz.get(), xb, g);
+  const auto dk = dy_per_position(cache, op.dy_nz.get(), db, g);
   double eff = 0;
-  for (size_t i = 0; i < rf.size(); ++i) eff += static_cast<double>(rf[i]) * dk[i];
+  for (size_t i = 0; i < rf->size(); ++i) eff += static_cast<double>((*rf)[i]) * (*dk)[i];
   w.effectual_macs = eff;
   w.a_nnz = static_cast<double>(popcount_range(xb, 0, w.a_elems));
   w.b_nnz = static_cast<double>(popcount_range(db, 0, w.b_elems));
@@ -410,20 +445,20 @@ ConvGeometry conv_geometry(const Op& op) {
   return g;
 }
 
-ConvWork analyse_exact(const Op& op) {
+ConvWork analyse_exact(const Op& op, AnalysisCache* cache) {
   ConvWork w;
   w.geo = conv_geometry(op);
   fill_common(w, op);
   w.exact = true;
   switch (op.phase) {
     case Phase::ff:
-      analyse_ff(w, op);
+      analyse_ff(w, op, cache);
       break;
     case Phase::bp:
-      analyse_bp(w, op);
+      analyse_bp(w, op, cache);
       break;
     default:
-      analyse_wg(w, op);
+      analyse_wg(w, op, cache);
       break;
   }
   return w;

@@ -13,7 +13,12 @@
 // operations; statistical mode keeps only each operand's density.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
 #include <vector>
 
 #include "ops/op.hpp"
@@ -50,15 +55,46 @@ struct ConvWork {
   std::vector<int32_t> a_line_nnz, b_line_nnz;
   // Both modes: structurally present elements of each line of a (b's lines are all `reduction` long).
   std::vector<int32_t> a_line_len;
-  int64_t a_len_period = 1;  // a_line_len[i] == a_line_len[i % a_len_period] (P*Q, H*W or R*S)
+  int64_t a_len_period = 1;
+  double a_len_total = 0;  // the sum of a_line_len  // a_line_len[i] == a_line_len[i % a_len_period] (P*Q, H*W or R*S)
   // Speculation (exact mode, when the liveness map is known): which outputs training needs, as
   // out_live[row * cols + col]; empty means all. Filled by the model, not by the analysis.
   double a_density() const { return a_elems ? a_nnz / static_cast<double>(a_elems) : 0.0; }
   double b_density() const { return b_elems ? b_nnz / static_cast<double>(b_elems) : 0.0; }
 };
 
-// Exact analysis from the Op's nonzero maps (an operand without a map counts as dense).
-ConvWork analyse_exact(const Op& op);
+// Reductions of a nonzero map that several Ops of one step share: a layer's ff and wg read the same x,
+// its bp and wg the same dy, so the per-line sums over x (or dy) are computed once and reused. Keyed by
+// the map and the geometry that reads it. Safe to share between threads (ChipModel::cost_step does).
+class AnalysisCache {
+ public:
+  using Key = std::tuple<const void*, int, std::array<int64_t, 13>>;
+  // The value under key, made by make() the first time it is asked for (once, whichever thread asks).
+  template <class T, class F>
+  std::shared_ptr<const T> get(const Key& key, F&& make) {
+    std::shared_ptr<Entry> e;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      std::shared_ptr<Entry>& slot = entries_[key];
+      if (!slot) slot = std::make_shared<Entry>();
+      e = slot;
+    }
+    std::call_once(e->once, [&] { e->value = std::make_shared<const T>(make()); });
+    return std::static_pointer_cast<const T>(e->value);
+  }
+
+ private:
+  struct Entry {
+    std::once_flag once;
+    std::shared_ptr<const void> value;
+  };
+  std::mutex mu_;
+  std::map<Key, std::shared_ptr<Entry>> entries_;
+};
+
+// Exact analysis from the Op's nonzero maps (an operand without a map counts as dense). With a cache,
+// the sums over maps other Ops of the step also read are shared with them.
+ConvWork analyse_exact(const Op& op, AnalysisCache* cache = nullptr);
 // Statistical analysis: operands uniformly random at their densities (from the maps' counts when
 // present, else dense). effectual_macs and a_nnz/b_nnz are expectations.
 ConvWork analyse_statistical(const Op& op);

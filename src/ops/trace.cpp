@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <unordered_map>
 
 #include "core/error.hpp"
 
@@ -347,6 +348,23 @@ bool TraceReader::next(TraceStep& step) {
                   records_, tag, i + 1, n, step.step);
     step.ops.push_back(decode_op(payload, fmt::format("trace '{}', record {}", path_, records_)));
   }
+  // The live engine hands several Ops one map (a layer's ff and wg share x; bp and wg share dy); the file
+  // stores each Op's copy. Equal maps are shared again, so that the chip model's per-map work is shared
+  // as it is live (and the step holds one copy in memory).
+  std::unordered_map<uint64_t, std::vector<std::shared_ptr<const Bitmap>>> seen;
+  auto share = [&](std::shared_ptr<const Bitmap>& m) {
+    if (!m) return;
+    uint64_t h = 1469598103934665603ull ^ static_cast<uint64_t>(m->size());
+    for (uint64_t word : m->words()) h = (h ^ word) * 1099511628211ull;
+    auto& same_hash = seen[h];
+    for (const auto& other : same_hash)
+      if (*other == *m) {
+        m = other;
+        return;
+      }
+    same_hash.push_back(m);
+  };
+  for (Op& op : step.ops) share(op.x_nz), share(op.w_nz), share(op.dy_nz);
   ++steps_;
   return true;
 }

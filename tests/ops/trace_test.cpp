@@ -135,6 +135,47 @@ TEST(Trace, RoundTripIsEqual) {
   std::filesystem::remove(path);
 }
 
+// The file keeps each Op's copy of a map; reading shares equal maps again (as the engine shares them),
+// and only equal ones.
+TEST(Trace, EqualMapsAreSharedAgainWhenRead) {
+  const std::string path = temp_path("shared.trace");
+  TraceStep step;
+  step.step = 7;
+  Op ff;
+  ff.layer = 0;
+  ff.layer_name = "conv";
+  ff.kind = "conv2d";
+  ff.phase = Phase::ff;
+  ff.x_shape = {2, 3, 5, 5};
+  ff.w_shape = {4, 3, 3, 3};
+  ff.y_shape = {2, 4, 5, 5};
+  ff.pad = {1, 1};
+  ff.x_nz = random_bits({2, 3, 5, 5}, 0.5, 1);
+  ff.w_nz = random_bits({4, 3, 3, 3}, 0.5, 2);
+  Op wg = ff;
+  wg.phase = Phase::wg;
+  wg.w_nz = nullptr;
+  wg.x_nz = std::make_shared<const Bitmap>(*ff.x_nz);  // equal, not the same object
+  wg.dy_nz = random_bits({2, 4, 5, 5}, 0.5, 3);
+  Op bp = ff;
+  bp.phase = Phase::bp;
+  bp.x_nz = nullptr;
+  auto other = std::make_shared<Bitmap>(*wg.dy_nz);
+  other->words()[0] ^= 1;  // differs in one bit
+  bp.dy_nz = other;
+  step.ops = {ff, wg, bp};
+  write_trace(path, {step});
+  const auto back = read_trace(path);
+  std::filesystem::remove(path);
+  ASSERT_EQ(back.size(), 1u);
+  const auto& ops = back[0].ops;
+  ASSERT_EQ(ops.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) expect_same_op(ops[i], step.ops[i]);
+  EXPECT_EQ(ops[0].x_nz, ops[1].x_nz);    // equal maps: one object
+  EXPECT_NE(ops[1].dy_nz, ops[2].dy_nz);  // one bit apart: two
+  EXPECT_EQ(ops[0].w_nz, ops[2].w_nz);    // ff's and bp's weights
+}
+
 TEST(Trace, StreamingWriterAndEmptyTrace) {
   const std::string path = temp_path("empty.trace");
   {
