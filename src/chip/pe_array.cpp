@@ -284,11 +284,13 @@ ComputeResult array_compute(const ConvWork& w, const Mapping& m, const ChipSpec&
       //    ceil(nnz_a[i] / v) when any of its outputs is live;
       //  otherwise: best[i] = 1 + the largest ceil(work_j / v) over row i's live columns (0: none live),
       //    wsum[i] = the sum of work_j over them, work_j = nnz_b[j] (b compressed) or the reduction.
-      std::vector<int32_t> cnt, best, wsum;
-      if (comp_a)
+      std::vector<int32_t> cnt, best, wsum, a_cycles;
+      if (comp_a) {
         cnt.resize(static_cast<size_t>(w.rows));
-      else
-        best.resize(static_cast<size_t>(w.rows)), wsum.resize(static_cast<size_t>(w.rows));
+        a_cycles.resize(static_cast<size_t>(w.rows));
+        for (int64_t i = 0; i < w.rows; ++i) a_cycles[i] = static_cast<int32_t>(ceil_div(w.a_line_nnz[i], v));
+      }
+      if (!comp_a) best.resize(static_cast<size_t>(w.rows)), wsum.resize(static_cast<size_t>(w.rows));
       for (int64_t ct = 0; ct < CT; ++ct) {
         const int64_t c0 = ct * Ca, c1 = c0 + cols_in(ct);
         if (comp_a) {
@@ -308,28 +310,29 @@ ComputeResult array_compute(const ConvWork& w, const Mapping& m, const ChipSpec&
             });
           }
         }
+        // Branch-free reductions over each tile's rows (they vectorise).
         for (int64_t rt = 0; rt < RT; ++rt) {
           const int64_t r0 = rt * Ra, r1 = r0 + rows_in(rt);
-          double mx = 0, slots = 0;
-          bool any = false;
+          int32_t mx = 0, any = 0;
+          int64_t slots = 0;
           if (comp_a) {
-            for (int64_t i = r0; i < r1; ++i)
-              if (cnt[i]) {
-                any = true;
-                mx = std::max(mx, static_cast<double>(ceil_div(w.a_line_nnz[i], v)));
-                slots += static_cast<double>(cnt[i]) * w.a_line_nnz[i];
-              }
+            for (int64_t i = r0; i < r1; ++i) {
+              const int32_t c = cnt[i];
+              mx = std::max(mx, c ? a_cycles[i] : 0);
+              slots += static_cast<int64_t>(c) * w.a_line_nnz[i];
+              any |= c;
+            }
           } else {
-            for (int64_t i = r0; i < r1; ++i)
-              if (best[i]) {
-                any = true;
-                mx = std::max(mx, static_cast<double>(best[i] - 1));
-                slots += static_cast<double>(wsum[i]);
-              }
+            for (int64_t i = r0; i < r1; ++i) {
+              mx = std::max(mx, best[i]);
+              slots += wsum[i];
+            }
+            any = mx;
+            mx = std::max(mx - 1, 0);
           }
           const int64_t t = ct * RT + rt;
-          tile_cycles[t] = any ? mx + overhead : 0.0;
-          tile_slots[t] = slots;
+          tile_cycles[t] = any ? static_cast<double>(mx) + overhead : 0.0;
+          tile_slots[t] = static_cast<double>(slots);
         }
       }
       for (int64_t t = 0, g = 0; t < RT * CT; ++t, g = g + 1 == G ? 0 : g + 1) {

@@ -161,50 +161,91 @@ std::vector<int32_t> sum_over_dim0(const std::vector<uint64_t>& bits, int64_t N,
   return out;
 }
 
+// Floor and ceiling of a / b for b > 0, for negative a too.
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline int64_t ceil_div_signed(int64_t a, int64_t b) { return -floor_div(-a, b); }
+
+// [lo, hi): the output positions p in [0, P) whose input row p*stride + r - pad lies in [0, H).
+inline std::pair<int64_t, int64_t> outputs_reading_inside(int64_t r, int64_t P, int64_t H, int32_t stride,
+                                                          int32_t pad) {
+  const int64_t lo = std::max<int64_t>(0, ceil_div_signed(pad - r, stride));
+  const int64_t hi = std::min<int64_t>(P, floor_div(H - 1 + pad - r, stride) + 1);
+  return {lo, std::max(lo, hi)};
+}
+
+// Summed-area tables of M planes [M][H][W]: entry [m][h][w] (of [M][H+1][W+1]) is the sum of plane m
+// over rows < h and columns < w, so that any box sum takes four reads.
+std::vector<int64_t> summed_areas(const std::vector<int32_t>& planes, int64_t M, int64_t H, int64_t W) {
+  const int64_t s = W + 1;
+  std::vector<int64_t> out(static_cast<size_t>(M * (H + 1) * s), 0);
+  for (int64_t m = 0; m < M; ++m) {
+    const int32_t* p = planes.data() + m * H * W;
+    int64_t* I = out.data() + m * (H + 1) * s;
+    for (int64_t h = 0; h < H; ++h) {
+      int64_t row = 0;
+      for (int64_t w = 0; w < W; ++w) {
+        row += p[h * W + w];
+        I[(h + 1) * s + w + 1] = I[h * s + w + 1] + row;
+      }
+    }
+  }
+  return out;
+}
+
+// The sum over rows [h0, h1) and columns [w0, w1) of the plane whose table starts at I (W columns).
+inline int64_t box_sum(const int64_t* I, int64_t W, int64_t h0, int64_t h1, int64_t w0, int64_t w1) {
+  if (h0 >= h1 || w0 >= w1) return 0;
+  const int64_t s = W + 1;
+  return I[h1 * s + w1] - I[h0 * s + w1] - I[h1 * s + w0] + I[h0 * s + w0];
+}
+
 // For each (c, r, s): sum over output positions (p, q) of plane[c][p*stride + r - pad][q*stride + s - pad]
-// over positions inside the plane. plane: [C, H, W]; returns [C, R, S].
+// over positions inside the plane. plane: [C, H, W]; returns [C, R, S]. With stride 1 the positions
+// form a box (a summed-area lookup); otherwise a strided grid, summed directly.
 std::vector<int64_t> shifted_window_sums(const std::vector<int32_t>& plane, const ConvGeometry& g, int64_t C,
                                          int64_t H, int64_t W, int64_t P, int64_t Q) {
   std::vector<int64_t> out(static_cast<size_t>(C * g.R * g.S), 0);
-#pragma omp parallel for schedule(static) if (C * g.R * g.S * P * Q > kParallelMin)
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t r = 0; r < g.R; ++r)
-      for (int64_t s = 0; s < g.S; ++s) {
+  const bool unit = g.stride_h == 1 && g.stride_w == 1;
+  const std::vector<int64_t> areas = unit ? summed_areas(plane, C, H, W) : std::vector<int64_t>{};
+  for (int64_t r = 0; r < g.R; ++r) {
+    const auto [p0, p1] = outputs_reading_inside(r, P, H, g.stride_h, g.pad_h);
+    for (int64_t s = 0; s < g.S; ++s) {
+      const auto [q0, q1] = outputs_reading_inside(s, Q, W, g.stride_w, g.pad_w);
+      for (int64_t c = 0; c < C; ++c) {
         int64_t sum = 0;
-        for (int64_t p = 0; p < P; ++p) {
-          const int64_t ih = p * g.stride_h + r - g.pad_h;
-          if (ih < 0 || ih >= H) continue;
-          const int32_t* row = plane.data() + (c * H + ih) * W;
-          for (int64_t q = 0; q < Q; ++q) {
-            const int64_t iw = q * g.stride_w + s - g.pad_w;
-            if (iw >= 0 && iw < W) sum += row[iw];
+        if (unit) {
+          sum = box_sum(areas.data() + c * (H + 1) * (W + 1), W, p0 + r - g.pad_h, p1 + r - g.pad_h,
+                        q0 + s - g.pad_w, q1 + s - g.pad_w);
+        } else {
+          for (int64_t p = p0; p < p1; ++p) {
+            const int32_t* row = plane.data() + (c * H + p * g.stride_h + r - g.pad_h) * W + s - g.pad_w;
+            for (int64_t q = q0; q < q1; ++q) sum += row[q * g.stride_w];
           }
         }
         out[(c * g.R + r) * g.S + s] = sum;
       }
+    }
+  }
   return out;
 }
 
 // For each output position (n, p, q): the nonzeros of its receptive field, from plane[n][h][w] = sum
-// over channels. Returns [N, P, Q].
+// over channels. Returns [N, P, Q]. The field is a box of the plane, clipped to it.
 std::vector<int32_t> receptive_field_sums(const std::vector<int32_t>& plane, const ConvGeometry& g) {
   std::vector<int32_t> out(static_cast<size_t>(g.N * g.P * g.Q), 0);
-#pragma omp parallel for schedule(static) if (g.N * g.P * g.Q * g.R * g.S > kParallelMin)
-  for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t p = 0; p < g.P; ++p)
+  const std::vector<int64_t> areas = summed_areas(plane, g.N, g.H, g.W);
+  for (int64_t n = 0; n < g.N; ++n) {
+    const int64_t* I = areas.data() + n * (g.H + 1) * (g.W + 1);
+    for (int64_t p = 0; p < g.P; ++p) {
+      const int64_t h0 = std::clamp<int64_t>(p * g.stride_h - g.pad_h, 0, g.H),
+                    h1 = std::clamp<int64_t>(p * g.stride_h - g.pad_h + g.R, 0, g.H);
       for (int64_t q = 0; q < g.Q; ++q) {
-        int32_t sum = 0;
-        for (int64_t r = 0; r < g.R; ++r) {
-          const int64_t ih = p * g.stride_h + r - g.pad_h;
-          if (ih < 0 || ih >= g.H) continue;
-          const int32_t* row = plane.data() + (n * g.H + ih) * g.W;
-          for (int64_t s = 0; s < g.S; ++s) {
-            const int64_t iw = q * g.stride_w + s - g.pad_w;
-            if (iw >= 0 && iw < g.W) sum += row[iw];
-          }
-        }
-        out[(n * g.P + p) * g.Q + q] = sum;
+        const int64_t w0 = std::clamp<int64_t>(q * g.stride_w - g.pad_w, 0, g.W),
+                      w1 = std::clamp<int64_t>(q * g.stride_w - g.pad_w + g.S, 0, g.W);
+        out[(n * g.P + p) * g.Q + q] = static_cast<int32_t>(box_sum(I, g.W, h0, h1, w0, w1));
       }
+    }
+  }
   return out;
 }
 
@@ -277,54 +318,66 @@ void analyse_bp(ConvWork& w, const Op& op, AnalysisCache* cache) {
   const std::vector<int32_t>& dk = *dk_shared;
   const auto dn = sum_over_dim0(db, g.N, g.K, PQ);  // [K, P, Q]
   // Lines of a: the dy window feeding input position (n, h, w) through every tap (r, s).
+  // Input row h receives the output rows p = (h + pad - r) / stride over the taps r that divide evenly:
+  // consecutive p, clipped to [0, P); the same for columns. So each line is a box of dk[n].
+  auto received = [](int64_t h, int64_t R, int64_t P, int32_t stride, int32_t pad) {
+    const int64_t lo = std::max<int64_t>(0, ceil_div_signed(h + pad - R + 1, stride));
+    const int64_t hi = std::min<int64_t>(P, floor_div(h + pad, stride) + 1);
+    return std::pair<int64_t, int64_t>{lo, std::max(lo, hi)};
+  };
   w.a_line_nnz.assign(static_cast<size_t>(g.N * g.H * g.W), 0);
-#pragma omp parallel for schedule(static) if (g.N * g.H * g.W * g.R * g.S > kParallelMin)
-  for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t h = 0; h < g.H; ++h)
-      for (int64_t x = 0; x < g.W; ++x) {
-        int32_t sum = 0;
-        for (int64_t r = 0; r < g.R; ++r) {
-          const int64_t tp = h + g.pad_h - r;
-          if (tp < 0 || tp % g.stride_h) continue;
-          const int64_t p = tp / g.stride_h;
-          if (p >= g.P) continue;
-          for (int64_t s = 0; s < g.S; ++s) {
-            const int64_t tq = x + g.pad_w - s;
-            if (tq < 0 || tq % g.stride_w) continue;
-            const int64_t q = tq / g.stride_w;
-            if (q < g.Q) sum += dk[(n * g.P + p) * g.Q + q];
-          }
+  {
+    const std::vector<int64_t> areas = summed_areas(dk, g.N, g.P, g.Q);
+    for (int64_t n = 0; n < g.N; ++n) {
+      const int64_t* I = areas.data() + n * (g.P + 1) * (g.Q + 1);
+      for (int64_t h = 0; h < g.H; ++h) {
+        const auto [p0, p1] = received(h, g.R, g.P, g.stride_h, g.pad_h);
+        for (int64_t x = 0; x < g.W; ++x) {
+          const auto [q0, q1] = received(x, g.S, g.Q, g.stride_w, g.pad_w);
+          w.a_line_nnz[(n * g.H + h) * g.W + x] = static_cast<int32_t>(box_sum(I, g.Q, p0, p1, q0, q1));
         }
-        w.a_line_nnz[(n * g.H + h) * g.W + x] = sum;
       }
+    }
+  }
   // Lines of b: w[:, c, :, :] over (k, r, s); and per (k, r, s) the nonzeros over c.
   w.b_line_nnz.assign(static_cast<size_t>(g.C), 0);
   std::vector<int32_t> col_w(static_cast<size_t>(g.K * RS), 0);
-  for (int64_t k = 0; k < g.K; ++k)
-    for (int64_t c = 0; c < g.C; ++c) {
-      const int64_t at = (k * g.C + c) * RS;
-      w.b_line_nnz[c] += static_cast<int32_t>(popcount_range(wb, at, at + RS));
-      accumulate_bits(wb, at, RS, col_w.data() + k * RS);
-    }
+  if (RS <= 64) {
+    // One kernel's RS bits at a time; only its set bits are visited (pruned weights are mostly zero).
+    const uint64_t keep = RS == 64 ? ~uint64_t{0} : (uint64_t{1} << RS) - 1;
+    const int64_t nw = static_cast<int64_t>(wb.size());
+    for (int64_t k = 0; k < g.K; ++k)
+      for (int64_t c = 0; c < g.C; ++c) {
+        const int64_t at = (k * g.C + c) * RS, i = at >> 6;
+        const int sh = static_cast<int>(at & 63);
+        uint64_t bits = wb[i] >> sh;
+        if (sh && i + 1 < nw) bits |= wb[i + 1] << (64 - sh);
+        bits &= keep;
+        w.b_line_nnz[c] += std::popcount(bits);
+        for (; bits; bits &= bits - 1) ++col_w[k * RS + std::countr_zero(bits)];
+      }
+  } else {
+    for (int64_t k = 0; k < g.K; ++k)
+      for (int64_t c = 0; c < g.C; ++c) {
+        const int64_t at = (k * g.C + c) * RS;
+        w.b_line_nnz[c] += static_cast<int32_t>(popcount_range(wb, at, at + RS));
+        accumulate_bits(wb, at, RS, col_w.data() + k * RS);
+      }
+  }
   // Per (k, r, s): nonzero dy[., k, p, q] whose tap (r, s) lands inside the input map (input row
   // h = p*stride + r - pad, the same pairs as ff's), over (n, p, q).
   std::vector<int64_t> col_d(static_cast<size_t>(g.K * RS), 0);
-#pragma omp parallel for schedule(static) if (g.K * RS * g.P * g.Q > kParallelMin)
-  for (int64_t k = 0; k < g.K; ++k)
-    for (int64_t r = 0; r < g.R; ++r)
+  {
+    const std::vector<int64_t> areas = summed_areas(dn, g.K, g.P, g.Q);
+    for (int64_t r = 0; r < g.R; ++r) {
+      const auto [p0, p1] = outputs_reading_inside(r, g.P, g.H, g.stride_h, g.pad_h);
       for (int64_t s = 0; s < g.S; ++s) {
-        int64_t sum = 0;
-        for (int64_t p = 0; p < g.P; ++p) {
-          const int64_t ih = p * g.stride_h + r - g.pad_h;
-          if (ih < 0 || ih >= g.H) continue;
-          const int32_t* row = dn.data() + (k * g.P + p) * g.Q;
-          for (int64_t q = 0; q < g.Q; ++q) {
-            const int64_t iw = q * g.stride_w + s - g.pad_w;
-            if (iw >= 0 && iw < g.W) sum += row[q];
-          }
-        }
-        col_d[k * RS + r * g.S + s] = sum;
+        const auto [q0, q1] = outputs_reading_inside(s, g.Q, g.W, g.stride_w, g.pad_w);
+        for (int64_t k = 0; k < g.K; ++k)
+          col_d[k * RS + r * g.S + s] = box_sum(areas.data() + k * (g.P + 1) * (g.Q + 1), g.Q, p0, p1, q0, q1);
       }
+    }
+  }
   double eff = 0;
   for (int64_t i = 0; i < g.K * RS; ++i) eff += static_cast<double>(col_d[i]) * col_w[i];
   w.effectual_macs = eff;
