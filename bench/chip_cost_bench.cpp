@@ -3,13 +3,13 @@
 // `trainer train --chip` runs it), and the time the chip model takes to cost the same steps in exact and
 // in statistical mode. Prints medians and their ratios.
 //
-// Steps 0 and 1 warm up (1 with maps and costing). After them, even steps run plain and odd steps
-// capture the nonzero maps and are costed in both modes, so that load from other processes hits both
-// alike. Engine step time is the wall time between one step's hook and the next (data loading, forward,
-// backward, update; the costing itself excluded).
+// Steps 0 and 1 warm up (1 with maps and costing). After them, steps take turns: plain, with every Op's
+// nonzero maps (costed in both modes), with the PE-array operands' maps only (costed exactly), so that
+// load from other processes hits all alike. Engine step time is the wall time between one step's hook
+// and the next (data loading, forward, backward, update; the costing itself excluded).
 //
 // Usage (from the repository root; OMP threads = --threads):
-//   chip_cost_bench [--steps N (8)] [--threads N (2)] [--batch N (32)] [--model NAME (resnet18)]
+//   chip_cost_bench [--steps N (14)] [--threads N (2)] [--batch N (32)] [--model NAME (resnet18)]
 //                   [--spec FILE (configs/chips/trainer-28nm.yaml)] [--sparsity S (0: dense)]
 // --sparsity S: magnitude pruning held at S from the first step (uniform over the pruned tensors), so
 // the engine runs its sparse kernels and the chip sees pruned weights; activations and errors as
@@ -45,7 +45,7 @@ double secs_since(uint64_t t0) { return static_cast<double>(now_ns() - t0) * 1e-
 }  // namespace
 
 int main(int argc, char** argv) {
-  int64_t steps = 8, threads = 2, batch = 32;
+  int64_t steps = 14, threads = 2, batch = 32;
   std::string model = "resnet18", spec_path = "configs/chips/trainer-28nm.yaml";
   double sparsity = 0.0;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -93,16 +93,23 @@ int main(int argc, char** argv) {
       cfg.prune_distribution = "uniform";
     }
 
-    std::vector<double> plain, mapped, t_exact, t_stat;
+    // Steps 0 and 1 warm up (1 with maps). Then in turn: a plain step, a step with every map (costed
+    // exactly and statistically), a step with the PE-array operands' maps only (costed exactly).
+    std::vector<double> plain, mapped, mapped_pe, t_exact, t_stat, t_exact_pe;
     size_t ops_per_step = 0;
     double dense_macs = 0, cycles_exact = 0, cycles_stat = 0;
     uint64_t last = now_ns();
+    auto kind = [](int64_t step) { return step < 2 ? static_cast<int>(step) : static_cast<int>(step % 3); };
     TrainHooks hooks;
-    hooks.wants_nonzeros = [](int64_t step) { return step == 1 || (step >= 2 && step % 2 == 1); };
+    hooks.wants_nonzeros = [&](int64_t step) {
+      const int k = kind(step);
+      return k == 0 ? NonzeroCapture::none : k == 1 ? NonzeroCapture::all : NonzeroCapture::pe_array;
+    };
     hooks.on_step = [&](int64_t step, const std::vector<Op>& ops) {
       const double engine = secs_since(last);
-      if (step >= 2) (step % 2 ? mapped : plain).push_back(engine);
-      if (step == 1 || (step >= 2 && step % 2 == 1)) {
+      const int k = kind(step);
+      if (step >= 2) (k == 0 ? plain : k == 1 ? mapped : mapped_pe).push_back(engine);
+      if (k == 1) {
         uint64_t t0 = now_ns();
         const auto ce = exact.cost_step(ops);
         const double te = secs_since(t0);
@@ -119,6 +126,10 @@ int main(int argc, char** argv) {
         cycles_exact = cycles_stat = 0;
         for (const auto& c : ce) cycles_exact += c.cycles;
         for (const auto& c : cs) cycles_stat += c.cycles;
+      } else if (k == 2) {
+        const uint64_t t0 = now_ns();
+        exact.cost_step(ops);
+        t_exact_pe.push_back(secs_since(t0));
       }
       last = now_ns();
     };
@@ -126,20 +137,25 @@ int main(int argc, char** argv) {
     train(cfg, sink ? sink : stderr, hooks);
     if (sink) std::fclose(sink);
 
-    const double p = median(plain), m = median(mapped), e = median(t_exact), s = median(t_stat);
-    fmt::print("{}, 3x32x32, batch {}, {} threads, {} steps ({} timed of each kind); chip {} ({})\n", model,
-               batch, threads, steps, plain.size(), spec.name, spec_path);
-    fmt::print(
-        "one step: {} Ops, {:.2f} dense GMAC; chip cycles exact {:.4g}, statistical {:.4g} ({:+.1f}%)\n",
-        ops_per_step, dense_macs * 1e-9, cycles_exact, cycles_stat,
-        cycles_exact > 0 ? 100.0 * (cycles_stat / cycles_exact - 1.0) : 0.0);
-    fmt::print("engine step, no maps          {:8.3f} s (median)\n", p);
-    fmt::print("engine step, maps captured    {:8.3f} s   x{:.2f} of a plain step\n", m, p > 0 ? m / p : 0.0);
-    fmt::print("exact costing of a step       {:8.3f} s   {:.1f}% of a plain step\n", e,
-               p > 0 ? 100.0 * e / p : 0.0);
-    fmt::print("statistical costing of a step {:8.3f} s   {:.1f}% of a plain step\n", s,
-               p > 0 ? 100.0 * s / p : 0.0);
-    fmt::print("exact / statistical costing   {:8.2f}x\n", s > 0 ? e / s : 0.0);
+    const double p = median(plain), m = median(mapped), e = median(t_exact), s = median(t_stat),
+                 mp = median(mapped_pe), ep = median(t_exact_pe);
+    auto pct = [&](double x) { return p > 0 ? 100.0 * x / p : 0.0; };
+    fmt::print("{}, 3x32x32, batch {}, {} threads, {} steps ({} timed plain); chip {} ({})\n", model, batch,
+               threads, steps, plain.size(), spec.name, spec_path);
+    fmt::print("one step: {} Ops, {:.2f} dense GMAC; chip cycles exact {:.4g}, statistical {:.4g} ({:+.1f}%)\n",
+               ops_per_step, dense_macs * 1e-9, cycles_exact, cycles_stat,
+               cycles_exact > 0 ? 100.0 * (cycles_stat / cycles_exact - 1.0) : 0.0);
+    fmt::print("engine step, no maps                {:8.3f} s (median)\n", p);
+    fmt::print("maps of every Op (--chip-maps all)\n");
+    fmt::print("  capture                           {:8.3f} s   {:+.1f}% of a plain step\n", m - p, pct(m - p));
+    fmt::print("  exact costing                     {:8.3f} s   {:+.1f}%\n", e, pct(e));
+    fmt::print("  statistical costing               {:8.3f} s   {:+.1f}%\n", s, pct(s));
+    fmt::print("  capture + exact costing           {:8.3f} s   {:+.1f}%\n", m - p + e, pct(m - p + e));
+    fmt::print("PE-array operands' maps only (--chip-maps pe_array)\n");
+    fmt::print("  capture                           {:8.3f} s   {:+.1f}%\n", mp - p, pct(mp - p));
+    fmt::print("  exact costing                     {:8.3f} s   {:+.1f}%\n", ep, pct(ep));
+    fmt::print("  capture + exact costing           {:8.3f} s   {:+.1f}%\n", mp - p + ep, pct(mp - p + ep));
+    fmt::print("exact / statistical costing         {:8.2f}x\n", s > 0 ? e / s : 0.0);
   } catch (const std::exception& ex) {
     fmt::print(stderr, "error: {}\n", ex.what());
     return 1;

@@ -96,7 +96,7 @@ Mapping ChipModel::choose_mapping(const ConvWork& w, const OutputLiveness& live)
 OpCost ChipModel::cost_with_context(const Op& op, const OutputLiveness& live, AnalysisCache* cache) const {
   if (is_array_op(op)) {
     const bool exact = mode_ == CostMode::exact;
-    const ConvWork w = exact ? analyse_exact(op, cache) : analyse_statistical(op);
+    const ConvWork w = exact ? analyse_exact(op, cache, cache ? memo_.get() : nullptr) : analyse_statistical(op);
     const Mapping m = choose_mapping(w, live);
     return cost_mapping(op, w, m, exact, live);
   }
@@ -156,6 +156,7 @@ std::vector<OpCost> ChipModel::cost_step(const std::vector<Op>& ops) const {
       errors[i] = std::current_exception();
     }
   }
+  memo_->end_step();
   for (const auto& e : errors)
     if (e) std::rethrow_exception(e);
   return out;

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,8 @@ class ChipModel {
 
  private:
   OpCost cost_with_context(const Op& op, const OutputLiveness& live, AnalysisCache* cache = nullptr) const;
+  // Weight lines kept across cost_step calls (see WeightMemo); shared by copies of the model.
+  std::shared_ptr<WeightMemo> memo_ = std::make_shared<WeightMemo>();
   ChipSpec spec_;
   CostMode mode_;
 };

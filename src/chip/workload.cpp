@@ -286,29 +286,44 @@ std::shared_ptr<const std::vector<int32_t>> dy_per_position(AnalysisCache* cache
                                       [&] { return sum_over_dim1(db, g.N, g.K, g.P * g.Q); });
 }
 
-void analyse_ff(ConvWork& w, const Op& op, AnalysisCache* cache) {
+// The weight lines of an Op's w map: from the memo when the same map was seen before, else made.
+std::shared_ptr<const WeightLines> weight_lines(WeightMemo* memo, const Op& op, const std::vector<uint64_t>&,
+                                                const ConvGeometry& g, const std::function<WeightLines()>& make) {
+  if (!memo || !op.w_nz) return std::make_shared<const WeightLines>(make());
+  return memo->get(op.phase, g, *op.w_nz, make);
+}
+
+void analyse_ff(ConvWork& w, const Op& op, AnalysisCache* cache, WeightMemo* memo) {
   const ConvGeometry& g = w.geo;
   std::vector<uint64_t> ones_x, ones_w;
   const auto& xb = operand_bits(op.x_nz, w.a_elems, op, "x", ones_x);
   const auto& wb = operand_bits(op.w_nz, w.b_elems, op, "w", ones_w);
   const int64_t CRS = g.C * g.R * g.S;
   w.a_line_nnz = *x_receptive(cache, op.x_nz.get(), xb, g);
-  w.b_line_nnz.resize(static_cast<size_t>(g.K));
-  for (int64_t k = 0; k < g.K; ++k)
-    w.b_line_nnz[k] = static_cast<int32_t>(popcount_range(wb, k * CRS, (k + 1) * CRS));
+  const auto wl = weight_lines(memo, op, wb, g, [&] {
+    WeightLines l;
+    l.lines.resize(static_cast<size_t>(g.K));
+    for (int64_t k = 0; k < g.K; ++k)
+      l.lines[k] = static_cast<int32_t>(popcount_range(wb, k * CRS, (k + 1) * CRS));
+    // Per reduction index (c, r, s): the nonzero w at it over all k.
+    l.cols.assign(static_cast<size_t>(CRS), 0);
+    for (int64_t k = 0; k < g.K; ++k) accumulate_bits(wb, k * CRS, CRS, l.cols.data());
+    l.nnz = static_cast<double>(popcount_range(wb, 0, g.K * CRS));
+    return l;
+  });
+  w.b_line_nnz = wl->lines;
+  const std::vector<int32_t>& col_w = wl->cols;
   // Effectual products: for each reduction index (c, r, s), (nonzero x it meets over all output
   // positions) x (nonzero w at it over all k).
-  std::vector<int32_t> col_w(static_cast<size_t>(CRS), 0);
-  for (int64_t k = 0; k < g.K; ++k) accumulate_bits(wb, k * CRS, CRS, col_w.data());
   const auto col_x = x_shifted(cache, op.x_nz.get(), xb, g);
   double eff = 0;
   for (int64_t i = 0; i < CRS; ++i) eff += static_cast<double>((*col_x)[i]) * col_w[i];
   w.effectual_macs = eff;
   w.a_nnz = static_cast<double>(popcount_range(xb, 0, w.a_elems));
-  w.b_nnz = static_cast<double>(popcount_range(wb, 0, w.b_elems));
+  w.b_nnz = wl->nnz;
 }
 
-void analyse_bp(ConvWork& w, const Op& op, AnalysisCache* cache) {
+void analyse_bp(ConvWork& w, const Op& op, AnalysisCache* cache, WeightMemo* memo) {
   const ConvGeometry& g = w.geo;
   std::vector<uint64_t> ones_d, ones_w;
   const auto& db = operand_bits(op.dy_nz, w.a_elems, op, "dy", ones_d);
@@ -340,30 +355,37 @@ void analyse_bp(ConvWork& w, const Op& op, AnalysisCache* cache) {
     }
   }
   // Lines of b: w[:, c, :, :] over (k, r, s); and per (k, r, s) the nonzeros over c.
-  w.b_line_nnz.assign(static_cast<size_t>(g.C), 0);
-  std::vector<int32_t> col_w(static_cast<size_t>(g.K * RS), 0);
-  if (RS <= 64) {
-    // One kernel's RS bits at a time; only its set bits are visited (pruned weights are mostly zero).
-    const uint64_t keep = RS == 64 ? ~uint64_t{0} : (uint64_t{1} << RS) - 1;
-    const int64_t nw = static_cast<int64_t>(wb.size());
-    for (int64_t k = 0; k < g.K; ++k)
-      for (int64_t c = 0; c < g.C; ++c) {
-        const int64_t at = (k * g.C + c) * RS, i = at >> 6;
-        const int sh = static_cast<int>(at & 63);
-        uint64_t bits = wb[i] >> sh;
-        if (sh && i + 1 < nw) bits |= wb[i + 1] << (64 - sh);
-        bits &= keep;
-        w.b_line_nnz[c] += std::popcount(bits);
-        for (; bits; bits &= bits - 1) ++col_w[k * RS + std::countr_zero(bits)];
-      }
-  } else {
-    for (int64_t k = 0; k < g.K; ++k)
-      for (int64_t c = 0; c < g.C; ++c) {
-        const int64_t at = (k * g.C + c) * RS;
-        w.b_line_nnz[c] += static_cast<int32_t>(popcount_range(wb, at, at + RS));
-        accumulate_bits(wb, at, RS, col_w.data() + k * RS);
-      }
-  }
+  const auto wl = weight_lines(memo, op, wb, g, [&] {
+    WeightLines l;
+    l.lines.assign(static_cast<size_t>(g.C), 0);
+    l.cols.assign(static_cast<size_t>(g.K * RS), 0);
+    if (RS <= 64) {
+      // One kernel's RS bits at a time; only its set bits are visited (pruned weights are mostly zero).
+      const uint64_t keep = RS == 64 ? ~uint64_t{0} : (uint64_t{1} << RS) - 1;
+      const int64_t nw = static_cast<int64_t>(wb.size());
+      for (int64_t k = 0; k < g.K; ++k)
+        for (int64_t c = 0; c < g.C; ++c) {
+          const int64_t at = (k * g.C + c) * RS, i = at >> 6;
+          const int sh = static_cast<int>(at & 63);
+          uint64_t bits = wb[i] >> sh;
+          if (sh && i + 1 < nw) bits |= wb[i + 1] << (64 - sh);
+          bits &= keep;
+          l.lines[c] += std::popcount(bits);
+          for (; bits; bits &= bits - 1) ++l.cols[k * RS + std::countr_zero(bits)];
+        }
+    } else {
+      for (int64_t k = 0; k < g.K; ++k)
+        for (int64_t c = 0; c < g.C; ++c) {
+          const int64_t at = (k * g.C + c) * RS;
+          l.lines[c] += static_cast<int32_t>(popcount_range(wb, at, at + RS));
+          accumulate_bits(wb, at, RS, l.cols.data() + k * RS);
+        }
+    }
+    l.nnz = static_cast<double>(popcount_range(wb, 0, g.K * g.C * RS));
+    return l;
+  });
+  w.b_line_nnz = wl->lines;
+  const std::vector<int32_t>& col_w = wl->cols;
   // Per (k, r, s): nonzero dy[., k, p, q] whose tap (r, s) lands inside the input map (input row
   // h = p*stride + r - pad, the same pairs as ff's), over (n, p, q).
   std::vector<int64_t> col_d(static_cast<size_t>(g.K * RS), 0);
@@ -382,7 +404,7 @@ void analyse_bp(ConvWork& w, const Op& op, AnalysisCache* cache) {
   for (int64_t i = 0; i < g.K * RS; ++i) eff += static_cast<double>(col_d[i]) * col_w[i];
   w.effectual_macs = eff;
   w.a_nnz = static_cast<double>(popcount_range(db, 0, w.a_elems));
-  w.b_nnz = static_cast<double>(popcount_range(wb, 0, w.b_elems));
+  w.b_nnz = wl->nnz;
 }
 
 void analyse_wg(ConvWork& w, const Op& op, AnalysisCache* cache) {
@@ -498,17 +520,47 @@ ConvGeometry conv_geometry(const Op& op) {
   return g;
 }
 
-ConvWork analyse_exact(const Op& op, AnalysisCache* cache) {
+std::shared_ptr<const WeightLines> WeightMemo::get(Phase phase, const ConvGeometry& g, const Bitmap& map,
+                                                   const std::function<WeightLines()>& make) {
+  const std::vector<uint64_t>& words = map.words();
+  uint64_t h = 1469598103934665603ull ^ static_cast<uint64_t>(map.size());
+  for (uint64_t x : words) h = (h ^ x) * 1099511628211ull;
+  const Key key{static_cast<int>(phase), geometry_key(g), h};
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = entries_.find(key);
+    if (it != entries_.end() && it->second.words == words) {
+      it->second.used = step_;
+      return it->second.value;
+    }
+  }
+  auto value = std::make_shared<const WeightLines>(make());
+  std::lock_guard<std::mutex> lock(mu_);
+  Entry& e = entries_[key];
+  e.words = words;
+  e.value = value;
+  e.used = step_;
+  return value;
+}
+
+void WeightMemo::end_step() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = entries_.begin(); it != entries_.end();)
+    it = step_ - it->second.used >= 2 ? entries_.erase(it) : std::next(it);
+  ++step_;
+}
+
+ConvWork analyse_exact(const Op& op, AnalysisCache* cache, WeightMemo* memo) {
   ConvWork w;
   w.geo = conv_geometry(op);
   fill_common(w, op);
   w.exact = true;
   switch (op.phase) {
     case Phase::ff:
-      analyse_ff(w, op, cache);
+      analyse_ff(w, op, cache, memo);
       break;
     case Phase::bp:
-      analyse_bp(w, op, cache);
+      analyse_bp(w, op, cache, memo);
       break;
     default:
       analyse_wg(w, op, cache);

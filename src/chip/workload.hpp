@@ -15,6 +15,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -92,9 +93,37 @@ class AnalysisCache {
   std::map<Key, std::shared_ptr<Entry>> entries_;
 };
 
+// A layer's weight map changes only when its mask does (kept weights are practically never exactly
+// zero), so the weight lines of ff and bp are kept from step to step: keyed by phase, geometry and the
+// map's content (checked word for word, not trusted to a hash). Entries unused for two steps are
+// dropped. Thread-safe.
+struct WeightLines {
+  std::vector<int32_t> lines;  // ff: nonzeros of w[k, :, :, :] per k; bp: of w[:, c, :, :] per c
+  std::vector<int32_t> cols;   // ff: per (c, r, s), summed over k; bp: per (k, r, s), summed over c
+  double nnz = 0;
+};
+class WeightMemo {
+ public:
+  std::shared_ptr<const WeightLines> get(Phase phase, const ConvGeometry& g, const Bitmap& map,
+                                         const std::function<WeightLines()>& make);
+  void end_step();
+
+ private:
+  using Key = std::tuple<int, std::array<int64_t, 13>, uint64_t>;
+  struct Entry {
+    std::vector<uint64_t> words;
+    std::shared_ptr<const WeightLines> value;
+    uint64_t used = 0;
+  };
+  std::mutex mu_;
+  std::map<Key, Entry> entries_;
+  uint64_t step_ = 0;
+};
+
 // Exact analysis from the Op's nonzero maps (an operand without a map counts as dense). With a cache,
-// the sums over maps other Ops of the step also read are shared with them.
-ConvWork analyse_exact(const Op& op, AnalysisCache* cache = nullptr);
+// the sums over maps other Ops of the step also read are shared with them; with a memo, weight lines are
+// reused across steps while the weight map does not change.
+ConvWork analyse_exact(const Op& op, AnalysisCache* cache = nullptr, WeightMemo* memo = nullptr);
 // Statistical analysis: operands uniformly random at their densities (from the maps' counts when
 // present, else dense). effectual_macs and a_nnz/b_nnz are expectations.
 ConvWork analyse_statistical(const Op& op);

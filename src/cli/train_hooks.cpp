@@ -53,6 +53,11 @@ void add_chip_trace_options(CLI::App* app, ChipTraceOptions& o) {
                   "record steps' Op records with their nonzero maps to FILE, for `trainer simulate` "
                   "(default: none)")
       ->type_name("FILE");
+  app->add_option("--chip-maps", o.chip_maps,
+                  "which Op records carry nonzero maps on costed or traced steps: all, or pe_array (conv and "
+                  "linear only; element-wise Ops are then costed as if their operands were dense; a cheaper "
+                  "capture) (default: all)")
+      ->type_name("WHICH");
   app->add_option("--trace-every", o.trace_every,
                   "record every Nth training step (0, N, 2N, ...) in the trace (default: 50)")
       ->type_name("N");
@@ -65,6 +70,11 @@ ChipTraceHooks::ChipTraceHooks(const ChipTraceOptions& o) : opts_(o) {
     if (o.chip_mode != "exact") throw UsageError("option --chip-mode needs --chip");
   }
   if (o.trace.empty() && o.trace_every != 50) throw UsageError("option --trace-every needs --trace");
+  if (o.chips.empty() && o.trace.empty() && o.chip_maps != "all")
+    throw UsageError("option --chip-maps needs --chip or --trace");
+  if (o.chip_maps != "all" && o.chip_maps != "pe_array")
+    throw UsageError(fmt::format("option --chip-maps: expected all or pe_array, got '{}'", o.chip_maps));
+  capture_ = parse_nonzero_capture(o.chip_maps);
   if (o.chip_every < 1)
     throw UsageError(fmt::format("option --chip-every: expected an integer >= 1, got '{}'", o.chip_every));
   if (o.trace_every < 1)
@@ -104,7 +114,9 @@ bool ChipTraceHooks::traces(int64_t step) const { return trace_ && step % opts_.
 TrainHooks ChipTraceHooks::hooks() {
   TrainHooks h;
   if (chips_.empty() && !trace_) return h;
-  h.wants_nonzeros = [this](int64_t step) { return costs(step) || traces(step); };
+  h.wants_nonzeros = [this](int64_t step) {
+    return costs(step) || traces(step) ? capture_ : NonzeroCapture::none;
+  };
   h.on_step = [this](int64_t step, const std::vector<Op>& ops) { on_step(step, ops); };
   h.on_finish = [this](std::FILE* out) { on_finish(out); };
   return h;
@@ -138,14 +150,16 @@ void ChipTraceHooks::on_finish(std::FILE* out) {
     fmt::print(out, "\n{}", format_chip_summary(c.run, spec));
     const uint64_t costed = c.run.steps();
     fmt::print(out,
-               "chip model ({}, {} mode): costed {} of this run's {} training steps (--chip-every {}) in "
-               "{:.3f} s ({:.3f} s per step); totals are over the costed steps\n",
-               c.spec_path, cost_mode_name(mode), costed, steps_seen_, opts_.chip_every, c.seconds,
+               "chip model ({}, {} mode, {} maps): costed {} of this run's {} training steps (--chip-every {}) "
+               "in {:.3f} s ({:.3f} s per step); totals are over the costed steps\n",
+               c.spec_path, cost_mode_name(mode), nonzero_capture_name(capture_), costed, steps_seen_,
+               opts_.chip_every, c.seconds,
                costed ? c.seconds / static_cast<double>(costed) : 0.0);
     if (!c.out_prefix.empty()) {
       nlohmann::ordered_json j = chip_report_json(c.run, spec, mode);
       j["sampling"] = {{"spec_file", c.spec_path},
                        {"chip_every", opts_.chip_every},
+                       {"nonzero_maps", nonzero_capture_name(capture_)},
                        {"costed_steps", costed},
                        {"training_steps", steps_seen_},
                        {"costing_seconds", c.seconds}};

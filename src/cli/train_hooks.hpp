@@ -7,6 +7,9 @@
 //   --chip-out PREFIX    write PREFIX.json and PREFIX.csv (several --chip: PREFIX.<spec file stem>.json/csv)
 //   --trace FILE         record steps' Op streams with their nonzero maps (`trainer simulate` reads it)
 //   --trace-every N      record every Nth step (global steps 0, N, 2N, ...; default 50)
+//   --chip-maps WHICH    which Ops carry nonzero maps on those steps: all (default) or pe_array (only
+//                        conv and linear: the element-wise Ops are then costed as if their operands
+//                        were dense, for a cheaper capture)
 //
 // A step is run with nonzero maps (which cost the engine a pass over each operand) only when it is costed
 // or recorded. Both modes need the maps: statistical mode reads the operand densities from them.
@@ -34,6 +37,7 @@ struct ChipTraceOptions {
   std::string chip_out;
   std::string trace;
   int64_t trace_every = 50;
+  std::string chip_maps = "all";
 };
 
 // Registers the options above on `train`, writing into `o` (which must outlive the parse).
@@ -54,11 +58,13 @@ class ChipTraceHooks {
 
   bool costs(int64_t step) const;
   bool traces(int64_t step) const;
+  NonzeroCapture capture() const { return capture_; }
   void on_step(int64_t step, const std::vector<Op>& ops);
   // Prints each chip's summary and what was costed and recorded, writes the reports, finishes the trace.
   void on_finish(std::FILE* out);
 
  private:
+  NonzeroCapture capture_ = NonzeroCapture::all;
   struct Chip {
     std::string spec_path;
     std::string out_prefix;  // "" = no report files

@@ -118,7 +118,7 @@ const Tensor& Graph::forward(const Tensor& x, bool training, OpStream* ops) {
       if (op.executed_macs + op.skipped() == 0) op.executed_macs = op.dense_macs;
       op.layer = static_cast<int32_t>(i);
       op.layer_name = n.layer->name();
-      if (ops->capturing_nonzeros())
+      if (ops->captures_nonzeros_of(op.kind))
         attach_nonzeros(op, *n.layer, n.inputs.empty() ? nullptr : output_map(n.inputs[0]), nullptr, n.x_nz,
                         n.w_nz, [this](const Tensor& t) { return map_of(t); });
       ops->record(std::move(op));
@@ -147,7 +147,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
       if (op.executed_macs + op.skipped() == 0) op.executed_macs = op.dense_macs;
       op.layer = i;
       op.layer_name = n.layer->name();
-      if (ops->capturing_nonzeros()) {
+      if (ops->captures_nonzeros_of(op.kind)) {
         if (!dy_map) dy_map = map_of(n.dy);
         attach_nonzeros(op, *n.layer, nullptr, dy_map, n.x_nz, n.w_nz,
                         [this](const Tensor& t) { return map_of(t); });

@@ -4,7 +4,27 @@
 
 #include <array>
 
+#include "core/error.hpp"
+
 namespace trainer {
+
+const char* nonzero_capture_name(NonzeroCapture c) {
+  switch (c) {
+    case NonzeroCapture::none:
+      return "none";
+    case NonzeroCapture::pe_array:
+      return "pe_array";
+    default:
+      return "all";
+  }
+}
+
+NonzeroCapture parse_nonzero_capture(const std::string& s) {
+  if (s == "none") return NonzeroCapture::none;
+  if (s == "pe_array") return NonzeroCapture::pe_array;
+  if (s == "all") return NonzeroCapture::all;
+  fail("unknown nonzero-map capture '{}': expected none, pe_array or all", s);
+}
 
 const char* phase_name(Phase p) {
   switch (p) {

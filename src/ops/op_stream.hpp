@@ -25,11 +25,27 @@ struct OpTotals {
   void add(const OpTotals& o);
 };
 
+// Which Op records carry operand nonzero maps (Op::x_nz, w_nz, dy_nz). Each map costs a pass over its
+// tensor, and most of a network's tensors are read only by element-wise layers, whose cost on a chip
+// needs just their count of nonzeros:
+//   none: no maps; pe_array: the operands of conv2d and linear Ops (what a PE array's cycles depend on);
+//   all: every operand of every Op.
+enum class NonzeroCapture : uint8_t { none = 0, pe_array = 1, all = 2 };
+const char* nonzero_capture_name(NonzeroCapture c);
+// "none", "pe_array" or "all"; throws trainer::Error naming the value otherwise.
+NonzeroCapture parse_nonzero_capture(const std::string& s);
+
 class OpStream {
  public:
-  // When true, the engine attaches operand nonzero maps (Op::x_nz, w_nz, dy_nz) to each record.
-  void capture_nonzeros(bool on) { capture_nonzeros_ = on; }
-  bool capturing_nonzeros() const { return capture_nonzeros_; }
+  // Which records the engine attaches operand nonzero maps to (see NonzeroCapture).
+  void capture_nonzeros(NonzeroCapture c) { capture_ = c; }
+  void capture_nonzeros(bool on) { capture_ = on ? NonzeroCapture::all : NonzeroCapture::none; }
+  bool capturing_nonzeros() const { return capture_ != NonzeroCapture::none; }
+  // Whether an Op of this kind gets maps under the current setting.
+  bool captures_nonzeros_of(const std::string& kind) const {
+    return capture_ == NonzeroCapture::all ||
+           (capture_ == NonzeroCapture::pe_array && (kind == "conv2d" || kind == "linear"));
+  }
 
   // Starts a new step: the previous step's records are folded into the run totals and cleared.
   void begin_step();
@@ -42,7 +58,7 @@ class OpStream {
 
  private:
   void fold(const Op& op, std::map<std::pair<int32_t, Phase>, OpTotals>& into) const;
-  bool capture_nonzeros_ = false;
+  NonzeroCapture capture_ = NonzeroCapture::none;
   std::vector<Op> step_;
   std::map<std::pair<int32_t, Phase>, OpTotals> run_;
 };

@@ -391,7 +391,7 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
     std::map<std::pair<int32_t, Phase>, size_t> epoch_layer_index;
     for (int64_t b = 0; b < steps_taken; ++b) {
       ops.begin_step();
-      ops.capture_nonzeros(hooks.wants_nonzeros && hooks.wants_nonzeros(global_step));
+      ops.capture_nonzeros(hooks.wants_nonzeros ? hooks.wants_nonzeros(global_step) : NonzeroCapture::none);
       train_loader.batch(b, x, labels);
       sctx.dense_wg = policy && policy->needs_dense_wg(global_step);
       const Tensor& logits = graph->forward(x, /*training=*/true, &ops);

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "ops/op.hpp"
+#include "ops/op_stream.hpp"
 
 #include "train/config.hpp"
 
@@ -36,9 +37,9 @@ struct RunResult {
 // What a caller may attach to a run without the training loop knowing it (the chip model and the trace
 // writer live outside src/train and plug in here). Every member is optional.
 struct TrainHooks {
-  // Before each training step (global step index, 0-based): whether that step's Op records should carry
-  // operand nonzero maps (Op::x_nz, w_nz, dy_nz), which cost a pass over each operand.
-  std::function<bool(int64_t step)> wants_nonzeros;
+  // Before each training step (global step index, 0-based): which of that step's Op records should carry
+  // operand nonzero maps (Op::x_nz, w_nz, dy_nz), which cost a pass over each operand (NonzeroCapture).
+  std::function<NonzeroCapture(int64_t step)> wants_nonzeros;
   // After each training step, once the optimizer has run: that step's Op records, in execution order.
   std::function<void(int64_t step, const std::vector<Op>& ops)> on_step;
   // After the last epoch, before the run's summary is printed: lets the hook print its own summary.

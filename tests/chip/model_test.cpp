@@ -162,6 +162,33 @@ TEST(ChipModel, CostingTwiceIsIdentical) {
   }
 }
 
+// The model keeps weight lines from step to step while a layer's weight map is unchanged; a changed map
+// (one bit) must be analysed afresh, giving what a new model gives.
+TEST(ChipModel, KeptWeightLinesFollowTheWeightMap) {
+  ConvShape s;
+  s.N = 2, s.C = 8, s.H = s.W = 6, s.K = 12;
+  std::vector<Op> step;
+  for (Phase p : {Phase::ff, Phase::wg, Phase::bp}) step.push_back(conv_op(s, p, 0.6, 0.3, 0.5, 11));
+  step[2].w_nz = step[0].w_nz;  // bp reads the weights ff read
+  std::vector<Op> changed = step;
+  auto w = std::make_shared<Bitmap>(*step[0].w_nz);
+  w->words()[0] ^= 1;  // weight (0, 0, 0, 0) flips
+  changed[0].w_nz = changed[2].w_nz = w;
+  const ChipSpec spec = load_chip_spec(testing::config_path("trainer-28nm.yaml"));
+  const ChipModel kept(spec, CostMode::exact);
+  const auto first = kept.cost_step(step);
+  const auto second = kept.cost_step(changed);
+  const auto fresh = ChipModel(spec, CostMode::exact).cost_step(changed);
+  for (size_t i = 0; i < fresh.size(); ++i) {
+    EXPECT_TRUE(same(second[i], fresh[i])) << i;
+    if (fresh[i].phase != Phase::wg) {
+      EXPECT_NE(first[i].effectual_macs, second[i].effectual_macs) << i;
+    }
+  }
+  const auto again = kept.cost_step(step);  // back to the first map
+  for (size_t i = 0; i < first.size(); ++i) EXPECT_TRUE(same(again[i], first[i])) << i;
+}
+
 TEST(ChipModel, AdaptiveDataflowCompressesTheSparserOperand) {
   ConvShape s;
   s.N = 4, s.C = 32, s.H = s.W = 8, s.K = 32;

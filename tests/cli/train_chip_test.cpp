@@ -178,6 +178,55 @@ TEST_F(TrainChip, SamplingAndSeveralChips) {
   EXPECT_HAS(r.out, "trace: 2 of this run's 4 training steps (--trace-every 2)");
 }
 
+// --chip-maps pe_array: only conv and linear Ops carry maps (the same maps as with every Op's), and the
+// element-wise Ops are costed as dense; the report says which capture it used.
+TEST_F(TrainChip, PeArrayMapsOnlyOnConvAndLinear) {
+  const std::string spec = chip("zero-skip-baseline.yaml");
+  Result r = run(kRun + "--max-steps 1 --chip " + spec + " --chip-out all --trace all.trace --trace-every 1");
+  ASSERT_EQ(r.code, 0) << r.err << r.out;
+  r = run(kRun + "--max-steps 1 --chip " + spec +
+          " --chip-out pe --trace pe.trace --trace-every 1 --chip-maps pe_array");
+  ASSERT_EQ(r.code, 0) << r.err << r.out;
+  EXPECT_HAS(r.out, "pe_array maps");
+  EXPECT_EQ(json("pe.json")["sampling"]["nonzero_maps"], "pe_array");
+  EXPECT_EQ(json("all.json")["sampling"]["nonzero_maps"], "all");
+  const auto all = trainer::read_trace(path("all.trace")), pe = trainer::read_trace(path("pe.trace"));
+  ASSERT_EQ(all.size(), 1u);
+  ASSERT_EQ(pe.size(), 1u);
+  ASSERT_EQ(all[0].ops.size(), pe[0].ops.size());
+  int array_ops = 0, others_mapped_in_all = 0;
+  for (size_t i = 0; i < pe[0].ops.size(); ++i) {
+    const trainer::Op &a = all[0].ops[i], &p = pe[0].ops[i];
+    const bool array = p.kind == "conv2d" || p.kind == "linear";
+    SCOPED_TRACE(p.layer_name + " " + trainer::phase_name(p.phase));
+    for (auto [ma, mp] : {std::pair{a.x_nz, p.x_nz}, std::pair{a.w_nz, p.w_nz}, std::pair{a.dy_nz, p.dy_nz}}) {
+      if (array) {
+        ASSERT_EQ(static_cast<bool>(ma), static_cast<bool>(mp));
+        if (ma) {
+          EXPECT_TRUE(*ma == *mp);
+        }
+      } else {
+        EXPECT_FALSE(mp);
+        others_mapped_in_all += static_cast<bool>(ma);
+      }
+    }
+    array_ops += array;
+  }
+  EXPECT_GE(array_ops, 10);
+  EXPECT_GE(others_mapped_in_all, 10);
+  // Same PE-array cycles; the element-wise Ops' operands read as dense can only cost more traffic.
+  const nlohmann::json ja = json("all.json"), jp = json("pe.json");
+  EXPECT_EQ(ja["phases"]["ff"]["compute_cycles"], jp["phases"]["ff"]["compute_cycles"]);
+  EXPECT_GE(jp["total"]["dram_read_bytes"].get<double>(), ja["total"]["dram_read_bytes"].get<double>());
+
+  r = run(kRun + "--chip " + spec + " --chip-maps some");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_HAS(r.err, "--chip-maps: expected all or pe_array, got 'some'");
+  r = run(kRun + "--chip-maps pe_array");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_HAS(r.err, "--chip-maps needs --chip or --trace");
+}
+
 TEST_F(TrainChip, BadOptionsFailBeforeTraining) {
   const std::string spec = chip("trainer-28nm.yaml");
   Result r = run(kRun + "--chip-out x");
