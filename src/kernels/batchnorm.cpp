@@ -198,7 +198,13 @@ void batchnorm_stats(const Tensor& x, double* mean, double* var, std::vector<dou
   }
 }
 
-void batchnorm_apply(const Tensor& x, const float* scale, const float* shift, Tensor& y) {
+namespace {
+
+// v, or 0 where it is not positive (as relu_ff: NaN and -0 give 0).
+inline float relu(float v) { return v > 0.0f ? v : 0.0f; }
+
+template <bool kRelu>
+void apply_impl(const Tensor& x, const float* scale, const float* shift, Tensor& y) {
   const Geometry g = geometry(x, "batchnorm apply");
   y.resize(x.shape(), x.layout());
   const float* px = x.data();
@@ -210,7 +216,10 @@ void batchnorm_apply(const Tensor& x, const float* scale, const float* shift, Te
       const float* __restrict p = px + grp * g.run;
       float* __restrict q = py + grp * g.run;
 #pragma omp simd
-      for (int64_t i = 0; i < g.run; ++i) q[i] = a * p[i] + b;
+      for (int64_t i = 0; i < g.run; ++i) {
+        const float v = a * p[i] + b;
+        q[i] = kRelu ? relu(v) : v;
+      }
       zero_padding_images(g, grp, q);
     }
   } else {
@@ -223,14 +232,36 @@ void batchnorm_apply(const Tensor& x, const float* scale, const float* shift, Te
       float* __restrict q = py + grp * g.run;
       for (int64_t i = 0; i < g.HW; ++i) {
 #pragma omp simd
-        for (int64_t l = 0; l < kLanes; ++l) q[i * kLanes + l] = a[l] * p[i * kLanes + l] + b[l];
+        for (int64_t l = 0; l < kLanes; ++l) {
+          const float v = a[l] * p[i * kLanes + l] + b[l];
+          q[i * kLanes + l] = kRelu ? relu(v) : v;
+        }
       }
     }
   }
 }
 
-void batchnorm_grad_sums(const Tensor& x, const Tensor& dy, const float* mean, double* sum_dy,
-                         double* sum_dy_xc, std::vector<double>& partial) {
+}  // namespace
+
+void batchnorm_apply(const Tensor& x, const float* scale, const float* shift, Tensor& y, bool relu_after) {
+  if (relu_after)
+    apply_impl<true>(x, scale, shift, y);
+  else
+    apply_impl<false>(x, scale, shift, y);
+}
+
+namespace {
+
+// dy where the fused ReLU's output r is positive, else 0 (as relu_bp).
+template <bool kMask>
+inline float masked(const float* e, const float* r, int64_t i) {
+  if constexpr (kMask) return r[i] > 0.0f ? e[i] : 0.0f;
+  return e[i];
+}
+
+template <bool kMask>
+void grad_sums_impl(const Tensor& x, const Tensor& dy, const float* mean, double* sum_dy, double* sum_dy_xc,
+                    std::vector<double>& partial, const float* pr) {
   const Geometry g = geometry(x, "batchnorm grad sums");
   check_same(x, dy, "batchnorm grad sums");
   const int64_t pairs = g.lane_channels() ? g.groups * kLanes : g.groups;
@@ -245,6 +276,7 @@ void batchnorm_grad_sums(const Tensor& x, const Tensor& dy, const float* mean, d
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const float* p = px + grp * g.run;
       const float* e = pd + grp * g.run;
+      const float* r = kMask ? pr + grp * g.run : nullptr;
       const float m = mean[g.channel(grp)];
       double s = 0, sx = 0;
       for (int64_t i0 = 0; i0 < g.run; i0 += kChunk) {
@@ -252,8 +284,9 @@ void batchnorm_grad_sums(const Tensor& x, const Tensor& dy, const float* mean, d
         float fs = 0, fsx = 0;
 #pragma omp simd reduction(+ : fs, fsx)
         for (int64_t i = i0; i < i1; ++i) {
-          fs += e[i];
-          fsx += e[i] * (p[i] - m);
+          const float ev = masked<kMask>(e, r, i);
+          fs += ev;
+          fsx += ev * (p[i] - m);
         }
         s += fs;
         sx += fsx;
@@ -267,6 +300,7 @@ void batchnorm_grad_sums(const Tensor& x, const Tensor& dy, const float* mean, d
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const float* p = px + grp * g.run;
       const float* e = pd + grp * g.run;
+      const float* r = kMask ? pr + grp * g.run : nullptr;
       float m[kLanes];
       load_lanes(mean, g.C, grp % g.CB, m);
       double s[kLanes] = {}, sx[kLanes] = {};
@@ -276,8 +310,9 @@ void batchnorm_grad_sums(const Tensor& x, const Tensor& dy, const float* mean, d
         for (int64_t i = i0; i < i1; ++i) {
 #pragma omp simd
           for (int64_t l = 0; l < kLanes; ++l) {
-            fs[l] += e[i * kLanes + l];
-            fsx[l] += e[i * kLanes + l] * (p[i * kLanes + l] - m[l]);
+            const float ev = masked<kMask>(e, r, i * kLanes + l);
+            fs[l] += ev;
+            fsx[l] += ev * (p[i * kLanes + l] - m[l]);
           }
         }
         for (int64_t l = 0; l < kLanes; ++l) {
@@ -294,8 +329,9 @@ void batchnorm_grad_sums(const Tensor& x, const Tensor& dy, const float* mean, d
   reduce_partials(g, pp, sum_dy, sum_dy_xc);
 }
 
-void batchnorm_bp_apply(const Tensor& x, const Tensor& dy, const float* a, const float* b, const float* d,
-                        Tensor& dx) {
+template <bool kMask>
+void bp_apply_impl(const Tensor& x, const Tensor& dy, const float* a, const float* b, const float* d,
+                   Tensor& dx, const float* pr) {
   const Geometry g = geometry(x, "batchnorm bp");
   check_same(x, dy, "batchnorm bp");
   dx.resize(x.shape(), x.layout());
@@ -309,9 +345,10 @@ void batchnorm_bp_apply(const Tensor& x, const Tensor& dy, const float* a, const
       const float ca = a[c], cb = b[c], cd = d[c];
       const float* __restrict p = px + grp * g.run;
       const float* __restrict e = pd + grp * g.run;
+      const float* __restrict r = kMask ? pr + grp * g.run : nullptr;
       float* __restrict q = po + grp * g.run;
 #pragma omp simd
-      for (int64_t i = 0; i < g.run; ++i) q[i] = ca * e[i] + cb * p[i] + cd;
+      for (int64_t i = 0; i < g.run; ++i) q[i] = ca * masked<kMask>(e, r, i) + cb * p[i] + cd;
       zero_padding_images(g, grp, q);
     }
   } else {
@@ -323,13 +360,36 @@ void batchnorm_bp_apply(const Tensor& x, const Tensor& dy, const float* a, const
       load_lanes(d, g.C, grp % g.CB, cd);
       const float* __restrict p = px + grp * g.run;
       const float* __restrict e = pd + grp * g.run;
+      const float* __restrict r = kMask ? pr + grp * g.run : nullptr;
       float* __restrict q = po + grp * g.run;
       for (int64_t i = 0; i < g.HW; ++i) {
 #pragma omp simd
         for (int64_t l = 0; l < kLanes; ++l)
-          q[i * kLanes + l] = ca[l] * e[i * kLanes + l] + cb[l] * p[i * kLanes + l] + cd[l];
+          q[i * kLanes + l] = ca[l] * masked<kMask>(e, r, i * kLanes + l) + cb[l] * p[i * kLanes + l] + cd[l];
       }
     }
+  }
+}
+
+}  // namespace
+
+void batchnorm_grad_sums(const Tensor& x, const Tensor& dy, const float* mean, double* sum_dy,
+                         double* sum_dy_xc, std::vector<double>& partial, const Tensor* relu_out) {
+  if (relu_out) {
+    check_same(x, *relu_out, "batchnorm grad sums (fused relu output)");
+    grad_sums_impl<true>(x, dy, mean, sum_dy, sum_dy_xc, partial, relu_out->data());
+  } else {
+    grad_sums_impl<false>(x, dy, mean, sum_dy, sum_dy_xc, partial, nullptr);
+  }
+}
+
+void batchnorm_bp_apply(const Tensor& x, const Tensor& dy, const float* a, const float* b, const float* d,
+                        Tensor& dx, const Tensor* relu_out) {
+  if (relu_out) {
+    check_same(x, *relu_out, "batchnorm bp (fused relu output)");
+    bp_apply_impl<true>(x, dy, a, b, d, dx, relu_out->data());
+  } else {
+    bp_apply_impl<false>(x, dy, a, b, d, dx, nullptr);
   }
 }
 

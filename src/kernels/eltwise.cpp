@@ -14,7 +14,7 @@ void add_inplace(Tensor& y, const Tensor& x) {
   for (int64_t i = 0; i < n; ++i) py[i] += px[i];
 }
 
-void add(const Tensor& a, const Tensor& b, Tensor& y) {
+void add(const Tensor& a, const Tensor& b, Tensor& y, bool relu_after) {
   TRAINER_CHECK(a.shape() == b.shape() && a.layout() == b.layout(), "add: operands {} ({}) and {} ({}) differ",
                 shape_str(a.shape()), layout_name(a.layout()), shape_str(b.shape()), layout_name(b.layout()));
   y.resize(a.shape(), a.layout());
@@ -22,8 +22,35 @@ void add(const Tensor& a, const Tensor& b, Tensor& y) {
   const float* __restrict pa = a.data();
   const float* __restrict pb = b.data();
   const int64_t n = y.storage_size();
+  if (relu_after) {
 #pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) py[i] = pa[i] + pb[i];
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = pa[i] + pb[i];
+      py[i] = v > 0.0f ? v : 0.0f;
+    }
+  } else {
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; ++i) py[i] = pa[i] + pb[i];
+  }
+}
+
+void relu_bp_to_two(const Tensor& y, const Tensor& dy, Tensor& dx0, Tensor* dx1) {
+  TRAINER_CHECK(y.shape() == dy.shape() && y.layout() == dy.layout(), "relu bp: y is {} ({}) but dy is {} ({})",
+                shape_str(y.shape()), layout_name(y.layout()), shape_str(dy.shape()), layout_name(dy.layout()));
+  dx0.resize(y.shape(), y.layout());
+  if (dx1) dx1->resize(y.shape(), y.layout());
+  const float* __restrict py = y.data();
+  const float* __restrict pd = dy.data();
+  float* __restrict p0 = dx0.data();
+  float* __restrict p1 = dx1 ? dx1->data() : nullptr;
+  const int64_t n = y.storage_size();
+  if (p1) {
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; ++i) p0[i] = p1[i] = py[i] > 0.0f ? pd[i] : 0.0f;
+  } else {
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; ++i) p0[i] = py[i] > 0.0f ? pd[i] : 0.0f;
+  }
 }
 
 }  // namespace trainer

@@ -8,7 +8,11 @@ namespace trainer {
 
 // y += x. x and y: same shape and layout.
 void add_inplace(Tensor& y, const Tensor& x);
-// y = a + b. a and b: same shape and layout; y is resized to match.
-void add(const Tensor& a, const Tensor& b, Tensor& y);
+// y = a + b. a and b: same shape and layout; y is resized to match. With relu_after, y = max(0, a + b)
+// in the same pass (a ReLU fused into the add).
+void add(const Tensor& a, const Tensor& b, Tensor& y, bool relu_after = false);
+// The backward of a ReLU whose output is y, written to dx0 and (when given) dx1 in one pass: each is dy
+// where y > 0, else 0 (an add with a fused ReLU hands the same gradient to both its inputs).
+void relu_bp_to_two(const Tensor& y, const Tensor& dy, Tensor& dx0, Tensor* dx1);
 
 }  // namespace trainer

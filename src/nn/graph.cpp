@@ -35,6 +35,17 @@ void attach_nonzeros(Op& op, Layer& layer, const std::shared_ptr<const Bitmap>& 
 
 }  // namespace
 
+Op Graph::fused_relu_op(int i, Phase phase) const {
+  const Node& n = nodes_[i];
+  const Tensor& y = nodes_[n.fused_into].y;  // the ReLU's output (its input has the same shape)
+  Op op = n.layer->describe(phase, {&y}, y);
+  op.layer = i;
+  op.layer_name = n.layer->name();
+  op.kernel = "fused";
+  op.executed_macs = op.dense_macs;
+  return op;
+}
+
 std::shared_ptr<const Bitmap> Graph::map_of(const Tensor& t) {
   // A free pooled map (held by the pool alone), preferring one of the same size.
   const size_t words = static_cast<size_t>((t.numel() + 63) / 64);
@@ -83,6 +94,28 @@ void Graph::init(Rng& rng, InitScheme scheme) {
   }
 }
 
+int Graph::fuse_relus() {
+  std::vector<int> readers(nodes_.size(), 0);
+  for (const Node& n : nodes_)
+    for (int j : n.inputs)
+      if (j != kInput) ++readers[j];
+  int fused = 0;
+  for (int i = 0; i < last(); ++i) {
+    Node& n = nodes_[i];
+    if (std::string(n.layer->kind()) != "relu" || n.fused_into >= 0 || n.inputs.size() != 1) continue;
+    const int j = n.inputs[0];
+    if (j == kInput || readers[j] != 1 || !nodes_[j].layer->can_fuse_relu() || nodes_[j].layer->fused_relu())
+      continue;
+    nodes_[j].layer->set_fused_relu(true);
+    n.fused_into = j;
+    for (int k = i + 1; k <= last(); ++k)
+      for (int& in : nodes_[k].inputs)
+        if (in == i) in = j, ++readers[j];
+    ++fused;
+  }
+  return fused;
+}
+
 std::vector<const Tensor*> Graph::inputs_ptrs(const Node& n) const {
   std::vector<const Tensor*> xs;
   xs.reserve(n.inputs.size());
@@ -108,6 +141,10 @@ const Tensor& Graph::forward(const Tensor& x, bool training, OpStream* ops) {
   for (size_t i = 0; i < nodes_.size(); ++i) {
     Node& n = nodes_[i];
     auto xs = inputs_ptrs(n);
+    if (n.fused_into >= 0) {  // its producer applied it
+      if (ops) ops->record(fused_relu_op(static_cast<int>(i), Phase::ff));
+      continue;
+    }
     if (n.inputs.size() == 1 && n.inputs[0] != kInput)
       n.layer->set_input_sums(nodes_[n.inputs[0]].layer->output_sums());
     const uint64_t t0 = now_ns();
@@ -132,11 +169,25 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
   Node& out = nodes_.back();
   TRAINER_CHECK(dy.shape() == out.y.shape(), "graph: output gradient has shape {}, the output has {}",
                 shape_str(dy.shape()), shape_str(out.y.shape()));
-  for (auto& n : nodes_) n.dy_set = false;
+  for (auto& n : nodes_) n.dy_set = false, n.dy_nz.reset();
   out.dy = dy;
   out.dy_set = true;
   for (int i = last(); i >= 0; --i) {
     Node& n = nodes_[i];
+    if (n.fused_into >= 0) {
+      // Its producer takes the gradient through it; the producer's dy (the gradient of this ReLU's
+      // output) is final here, since every reader of the ReLU comes after it.
+      if (ops && nodes_[n.fused_into].dy_set) {
+        Op op = fused_relu_op(i, Phase::bp);
+        if (ops->captures_nonzeros_of(op.kind)) {
+          Node& p = nodes_[n.fused_into];
+          if (!p.dy_nz) p.dy_nz = map_of(p.dy);  // the producer's own Ops share it
+          op.dy_nz = p.dy_nz;
+        }
+        ops->record(std::move(op));
+      }
+      continue;
+    }
     if (!n.dy_set) continue;  // nothing downstream of this node reaches the loss
     auto xs = inputs_ptrs(n);
     std::shared_ptr<const Bitmap> dy_map;  // this node's dy is final now; its wg and bp share one map
@@ -148,7 +199,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
       op.layer = i;
       op.layer_name = n.layer->name();
       if (ops->captures_nonzeros_of(op.kind)) {
-        if (!dy_map) dy_map = map_of(n.dy);
+        if (!dy_map) dy_map = n.dy_nz ? n.dy_nz : map_of(n.dy);
         attach_nonzeros(op, *n.layer, nullptr, dy_map, n.x_nz, n.w_nz,
                         [this](const Tensor& t) { return map_of(t); });
       }

@@ -31,6 +31,13 @@ class Graph {
   void set_input_layout(Layout layout) { input_layout_ = layout; }
   Layout input_layout() const { return input_layout_; }
 
+  // Fuses each ReLU into the layer producing its input where it can: the producer can_fuse_relu() and
+  // the ReLU is its output's only reader (and not the model's output). The producer then applies the
+  // ReLU in its own passes, the ReLU's readers read the producer's output, and the ReLU node only
+  // records its Ops (kernel "fused", no time of its own, no maps: its input is never materialised).
+  // The numbers are those of the unfused graph. Returns the number of ReLUs fused.
+  int fuse_relus();
+
   // x: [N, C, H, W]. Returns the last node's output (valid until the next forward).
   const Tensor& forward(const Tensor& x, bool training, OpStream* ops = nullptr);
   // dy: gradient of the loss w.r.t. forward()'s output. Leaves gradients in every Param::grad.
@@ -42,7 +49,10 @@ class Graph {
   Layer& layer(int i) { return *nodes_.at(i).layer; }
   const Layer& layer(int i) const { return *nodes_.at(i).layer; }
   const std::vector<int>& inputs_of(int i) const { return nodes_.at(i).inputs; }
-  const Tensor& output_of(int i) const { return nodes_.at(i).y; }
+  const Tensor& output_of(int i) const {
+    const Node& n = nodes_.at(i);
+    return n.fused_into >= 0 ? nodes_[n.fused_into].y : n.y;
+  }
   int64_t num_parameters();
   // One line per layer: name, kind, output shape, parameters.
   std::string describe(const Shape& input_shape) const;
@@ -54,6 +64,8 @@ class Graph {
     Tensor y;      // output of the last forward
     Tensor dy;     // gradient w.r.t. y, during backward
     bool dy_set = false;
+    int fused_into = -1;  // a ReLU fused into this node (see fuse_relus)
+    std::shared_ptr<const Bitmap> dy_nz;  // map of dy in this backward, when a fused ReLU built it first
     std::shared_ptr<const Bitmap> x_nz, w_nz;  // operand maps of the last ff, when captured
     std::shared_ptr<const Bitmap> y_nz;        // map of y in this forward, shared by the layers reading it
   };
@@ -66,6 +78,8 @@ class Graph {
   // The nonzero map of t, in a pooled Bitmap: maps nobody holds any more (the step's Ops are gone) are
   // refilled in place rather than allocated anew, which saved the page faults of fresh allocations.
   std::shared_ptr<const Bitmap> map_of(const Tensor& t);
+  // The Op record of fused ReLU node i (see fuse_relus).
+  Op fused_relu_op(int i, Phase phase) const;
   std::vector<std::shared_ptr<Bitmap>> map_pool_;
   Tensor scratch_;
 };

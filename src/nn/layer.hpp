@@ -91,9 +91,20 @@ class Layer {
   virtual std::vector<Param*> params() { return {}; }
   virtual std::vector<Buffer> buffers() { return {}; }
 
+  // A ReLU that alone reads this layer's output can be fused into it (Graph::fuse_relus decides): ff
+  // then writes max(0, y) in its own pass, and bp/wg take the gradient through the ReLU themselves,
+  // from y (the fused output) and the gradient of the ReLU's output. One pass over memory less in each
+  // direction, the same numbers.
+  virtual bool can_fuse_relu() const { return false; }
+  void set_fused_relu(bool on) { fused_relu_ = on; }
+  bool fused_relu() const { return fused_relu_; }
+
   // The Op record of a phase, for the shapes of the last ff: shapes, stride/pad, dense MACs.
   // The graph fills in layer index, name and time.
   virtual Op describe(Phase phase, const std::vector<const Tensor*>& x, const Tensor& y) const;
+
+ protected:
+  bool fused_relu_ = false;
 
  private:
   std::string name_;

@@ -133,12 +133,19 @@ void Add::ff(const std::vector<const Tensor*>& x, Tensor& y, bool /*training*/) 
   infer_shape({x[0]->shape(), x[1]->shape()});
   TRAINER_CHECK(x[0]->layout() == x[1]->layout(), "add '{}': inputs have different layouts {} and {}", name(),
                 layout_name(x[0]->layout()), layout_name(x[1]->layout()));
-  add(*x[0], *x[1], y);
+  add(*x[0], *x[1], y, fused_relu_);
 }
 
 void Add::bp(const std::vector<const Tensor*>& /*x*/, const Tensor& y, const Tensor& dy,
              const std::vector<Tensor*>& dx) {
   check_dy(*this, y, dy);
+  if (fused_relu_) {
+    // The fused ReLU's backward, written to both inputs' gradients in one pass.
+    Tensor* first = dx.size() > 0 && dx[0] ? dx[0] : dx.size() > 1 ? dx[1] : nullptr;
+    Tensor* second = first == dx[0] && dx.size() > 1 ? dx[1] : nullptr;
+    if (first) relu_bp_to_two(y, dy, *first, second);
+    return;
+  }
   for (Tensor* d : dx)
     if (d) parallel_copy(dy, *d);
 }

@@ -61,6 +61,7 @@ class Add : public Layer {
   explicit Add(std::string name) : Layer(std::move(name)) {}
   const char* kind() const override { return "add"; }
   int num_inputs() const override { return 2; }
+  bool can_fuse_relu() const override { return true; }
   Shape infer_shape(const std::vector<Shape>& in) const override;
   void ff(const std::vector<const Tensor*>& x, Tensor& y, bool training) override;
   void bp(const std::vector<const Tensor*>& x, const Tensor& y, const Tensor& dy,

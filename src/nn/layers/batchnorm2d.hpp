@@ -28,6 +28,7 @@ class BatchNorm2d : public Layer {
   std::vector<Param*> params() override { return {&gamma_, &beta_}; }
   std::vector<Buffer> buffers() override;
   void set_input_sums(const ChannelSums* sums) override { input_sums_ = sums; }
+  bool can_fuse_relu() const override { return true; }
 
   int64_t channels() const { return channels_; }
   // Statistics the last ff normalised with (batch ones in training, running ones in evaluation): [C].
@@ -36,7 +37,8 @@ class BatchNorm2d : public Layer {
 
  private:
   void check_input(const Tensor& x) const;
-  void grad_sums(const Tensor& x, const Tensor& dy);
+  // y: this layer's output (the mask of a fused ReLU).
+  void grad_sums(const Tensor& x, const Tensor& y, const Tensor& dy);
 
   int64_t channels_;
   double momentum_, eps_;

@@ -1,0 +1,87 @@
+// ReLU fusion (Graph::fuse_relus): a ResNet whose ReLUs run inside the batch norms and adds before them
+// computes exactly what the unfused one computes (outputs, every gradient, batch-norm buffers), in
+// every activation layout, and still records one Op per layer and phase, in the same order.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "core/rng.hpp"
+#include "nn/models.hpp"
+#include "ops/op_stream.hpp"
+
+using namespace trainer;
+
+namespace {
+
+struct StepResult {
+  Tensor out;
+  std::vector<Tensor> grads, buffers;
+  std::vector<std::string> ops;  // "layer phase", in record order
+  std::vector<bool> fused_ops;   // kernel "fused"
+};
+
+StepResult train_step(bool fuse, Layout layout, int* fused = nullptr) {
+  auto g = build_model("resnet8", {1, 12, 12}, 10);
+  Rng init(3);
+  g->init(init, InitScheme::kaiming);
+  if (fuse) {
+    const int n = g->fuse_relus();
+    if (fused) *fused = n;
+  }
+  g->set_input_layout(layout);
+  const int64_t N = 20;  // not a multiple of 16: the last image block of NCHW16n is padded
+  Tensor x({N, 1, 12, 12});
+  Rng data(5);
+  for (int64_t i = 0; i < x.numel(); ++i) x.data()[i] = static_cast<float>(data.uniform() * 2.0 - 0.5);
+  OpStream ops;
+  ops.begin_step();
+  StepResult r;
+  for (int rep = 0; rep < 2; ++rep) {  // two steps: the second reuses every buffer
+    r.out = g->forward(x, /*training=*/true, &ops).to_layout(Layout::plain);
+    Tensor dy(r.out.shape());
+    for (int64_t i = 0; i < dy.numel(); ++i) dy.data()[i] = static_cast<float>(std::sin(0.37 * i + rep));
+    g->backward(dy, &ops);
+  }
+  for (Param* p : g->params()) r.grads.push_back(p->grad.to_layout(Layout::plain));
+  for (const Buffer& b : g->buffers()) r.buffers.push_back(b.tensor->to_layout(Layout::plain));
+  for (const Op& op : ops.step_ops()) {
+    r.ops.push_back(op.layer_name + " " + phase_name(op.phase));
+    r.fused_ops.push_back(op.kernel == "fused");
+  }
+  return r;
+}
+
+void expect_identical(const Tensor& a, const Tensor& b, const std::string& what) {
+  ASSERT_EQ(a.shape(), b.shape()) << what;
+  for (int64_t i = 0; i < a.numel(); ++i) ASSERT_EQ(a.data()[i], b.data()[i]) << what << " element " << i;
+}
+
+}  // namespace
+
+TEST(ReluFusion, SameNumbersAndOpsAsUnfused) {
+  for (Layout layout : {Layout::plain, Layout::nChw16c, Layout::NCHW16n}) {
+    SCOPED_TRACE(layout_name(layout));
+    int fused = 0;
+    const StepResult a = train_step(false, layout), b = train_step(true, layout, &fused);
+    EXPECT_EQ(fused, 7);  // resnet8: the stem's, and two per block (after bn1, after the add)
+    expect_identical(a.out, b.out, "logits");
+    ASSERT_EQ(a.grads.size(), b.grads.size());
+    for (size_t i = 0; i < a.grads.size(); ++i) expect_identical(a.grads[i], b.grads[i], "grad " + std::to_string(i));
+    ASSERT_EQ(a.buffers.size(), b.buffers.size());
+    for (size_t i = 0; i < a.buffers.size(); ++i)
+      expect_identical(a.buffers[i], b.buffers[i], "buffer " + std::to_string(i));
+    // The same records in the same order; the fused ReLUs marked as such, and only they.
+    ASSERT_EQ(a.ops, b.ops);
+    int marked = 0;
+    for (size_t i = 0; i < b.ops.size(); ++i) {
+      EXPECT_FALSE(a.fused_ops[i]) << a.ops[i];
+      if (b.fused_ops[i]) {
+        EXPECT_NE(b.ops[i].find("relu"), std::string::npos) << b.ops[i];
+      }
+      marked += b.fused_ops[i];
+    }
+    EXPECT_EQ(marked, 2 * 2 * fused);  // ff and bp of each fused ReLU, over two steps
+  }
+}
