@@ -331,6 +331,7 @@ struct TileCtx {
   float* part = nullptr;
   int64_t part_plane = 0, part_row = 0;
   bool stream = false;  // write the output with non-temporal stores
+  bool accumulate = false;  // add to the output instead of writing it
   const int32_t* off = nullptr;
   const float* val = nullptr;
   const int32_t* seg = nullptr;  // entries of output channel o: [seg[2o], seg[2o + 1])
@@ -417,6 +418,10 @@ void tile_rect(const TileCtx& c, int64_t ra, int64_t rb, int64_t ja, int64_t jb)
           float* st = c.stats + o * 2 * kLanes;
           V::store(st, V::add(V::load(st), s));
           V::store(st + kLanes, V::add(V::load(st + kLanes), q));
+        }
+        if (c.accumulate) {
+#pragma GCC unroll 16
+          for (int t = 0; t < T; ++t) acc[t] = V::add(acc[t], V::load(y + (t / TQ) * y_row + (t % TQ) * y_col));
         }
         if (c.stream) {
 #pragma GCC unroll 16
@@ -677,6 +682,7 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
               c.part_plane = part_plane;
               c.part_row = Jmax * kLanes;
               c.stream = stream;
+              c.accumulate = opt.accumulate_output;
               c.Hout = pb.Hout;
               c.Wout = pb.Wout;
               c.a = a;
@@ -1081,6 +1087,7 @@ ConvGeom sparse_conv_geom(const SparseWeights& w, const Shape& x_shape) {
 SparseCounters sparse_conv_ff(const Tensor& x, const SparseWeights& w, Tensor& y, SparseConvScratch& scratch,
                               const ConvPrologue& prologue, const ConvEpilogue& epilogue,
                               const ConvOutputMask& mask, const SparseConvOptions& opt) {
+  TRAINER_CHECK(!opt.accumulate_output, "sparse conv ff: accumulate_output is for bp only");
   const ConvGeom g = sparse_conv_geom(w, x.shape());
   check_activation(x, "ff input x", x.shape());
   y.resize({g.N, g.K, g.P(), g.Q()}, Layout::NCHW16n);
@@ -1108,7 +1115,12 @@ SparseCounters sparse_conv_bp(const Tensor& dy, const SparseWeights& w, const Sh
                               SparseConvScratch& scratch, const SparseConvOptions& opt) {
   const ConvGeom g = sparse_conv_geom(w, x_shape);
   check_activation(dy, "bp error dy", {g.N, g.K, g.P(), g.Q()});
-  dx.resize(x_shape, Layout::NCHW16n);
+  if (opt.accumulate_output)
+    TRAINER_CHECK(dx.shape() == x_shape && dx.layout() == Layout::NCHW16n,
+                  "sparse conv bp: accumulating into dx {} ({}), expected {} (NCHW16n)", shape_str(dx.shape()),
+                  layout_name(dx.layout()), shape_str(x_shape));
+  else
+    dx.resize(x_shape, Layout::NCHW16n);
   const int64_t st = g.stride;
   CorrProblem pb;
   pb.in = dy.data(), pb.Cin = g.K, pb.Hin = g.P(), pb.Win = g.Q();

@@ -112,6 +112,10 @@ struct SparseConvOptions {
   // then read once instead of once per thread: measured up to 1.12x faster at 2 threads on the 16x16
   // and stride-2 32x32 layers, slower where the taps are many).
   int split_images = -1;
+  // BP only: dx += the result instead of dx = it (dx must already be x_shape in NCHW16n). A tensor read
+  // by two layers gets the sum of their gradients; the second can add its own in its epilogue instead
+  // of a separate pass over memory.
+  bool accumulate_output = false;
 };
 
 // Reusable buffers (slabs, per-thread tap programs, zero-plane flags, partial sums): one per layer or
@@ -140,7 +144,7 @@ SparseCounters sparse_conv_ff(const Tensor& x, const SparseWeights& w, Tensor& y
 
 // BP: dx = conv_transpose(dy, w), pruned taps and zero dy planes skipped.
 // dy: [N, K, P, Q] NCHW16n; w: [K, C, R, S] compressed; x_shape: [N, C, H, W] (the FF input's shape);
-// dx: resized to x_shape in NCHW16n (written, not accumulated).
+// dx: resized to x_shape in NCHW16n (written; added to with opt.accumulate_output).
 SparseCounters sparse_conv_bp(const Tensor& dy, const SparseWeights& w, const Shape& x_shape, Tensor& dx,
                               SparseConvScratch& scratch, const SparseConvOptions& opt = {});
 

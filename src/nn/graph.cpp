@@ -222,6 +222,9 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
       any = true;
       if (!nodes_[j].dy_set) {
         dxs[k] = &nodes_[j].dy;
+      } else if (n.inputs.size() == 1 && n.layer->can_accumulate_dx()) {
+        dxs[k] = &nodes_[j].dy;  // the layer adds its gradient to the one already there
+        n.layer->set_accumulate_dx(true);
       } else {
         TRAINER_CHECK(accumulate.empty(), "graph: layer '{}' reads two nodes that both need accumulation",
                       n.layer->name());
@@ -232,6 +235,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
     if (!any) continue;
     const uint64_t t0 = now_ns();
     n.layer->bp(xs, n.y, n.dy, dxs);
+    n.layer->set_accumulate_dx(false);
     for (int k : accumulate) add_inplace(nodes_[n.inputs[k]].dy, scratch_);
     record(Phase::bp, t0);
     for (size_t k = 0; k < n.inputs.size(); ++k)

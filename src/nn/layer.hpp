@@ -99,12 +99,19 @@ class Layer {
   void set_fused_relu(bool on) { fused_relu_ = on; }
   bool fused_relu() const { return fused_relu_; }
 
+  // Whether bp can add its input's gradient into dx[0] (dx += ...) instead of writing it. The graph asks
+  // (set_accumulate_dx(true) for one bp call) when another reader of that input already wrote its
+  // gradient, instead of a scratch tensor and a separate add.
+  virtual bool can_accumulate_dx() const { return false; }
+  void set_accumulate_dx(bool on) { accumulate_dx_ = on; }
+
   // The Op record of a phase, for the shapes of the last ff: shapes, stride/pad, dense MACs.
   // The graph fills in layer index, name and time.
   virtual Op describe(Phase phase, const std::vector<const Tensor*>& x, const Tensor& y) const;
 
  protected:
   bool fused_relu_ = false;
+  bool accumulate_dx_ = false;
 
  private:
   std::string name_;

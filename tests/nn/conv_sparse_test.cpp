@@ -110,6 +110,20 @@ TEST_P(ConvSparse, EveryPhaseMatchesTheReferenceOnMaskedWeights) {
   conv2d_bp_ref<double>(g, dyd.data(), wd.data(), dxd.data());
   expect_close(plain_double(dx), dxd, 1e-4, "bp");
 
+  // bp adding its gradient to one already there (Layer::set_accumulate_dx: the graph asks when another
+  // reader of x wrote x's gradient first), in whichever kernel ran.
+  Tensor earlier({cs.N, cs.C, cs.H, cs.H});
+  fill_random(earlier, rng);
+  const std::vector<double> earlier_d = plain_double(earlier);
+  Tensor sum = earlier.to_layout(Layout::NCHW16n);
+  std::vector<Tensor*> sums{&sum};
+  conv.set_accumulate_dx(true);
+  conv.bp({&x16}, y, dy16, sums);
+  conv.set_accumulate_dx(false);
+  std::vector<double> want_sum(dxd.size());
+  for (size_t i = 0; i < dxd.size(); ++i) want_sum[i] = earlier_d[i] + dxd[i];
+  expect_close(plain_double(sum), want_sum, 1e-4, "bp added to an earlier gradient");
+
   // Counters: each phase accounts for every multiply of the dense convolution; the sparse kernels
   // skip exactly the pruned taps' multiplies in ff (N*P*Q per pruned tap).
   for (ConvPhase p : {ConvPhase::ff, ConvPhase::bp, ConvPhase::wg}) {

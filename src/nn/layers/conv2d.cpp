@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/error.hpp"
+#include "kernels/eltwise.hpp"
 
 namespace trainer {
 
@@ -150,8 +151,11 @@ void Conv2d::bp(const std::vector<const Tensor*>& x, const Tensor& /*y*/, const 
   const Tensor& in = *x[0];
   check_input(in.shape());
   const ConvGeom g = dnnl_.geom(in.shape());
+  // Accumulating (see Layer::can_accumulate_dx): the sparse kernel adds in its epilogue; oneDNN's
+  // result goes through scratch and is added.
   if (in.layout() != Layout::NCHW16n) {
-    dnnl_.bp(in, dy, weight_.value, *dx[0]);
+    dnnl_.bp(in, dy, weight_.value, accumulate_dx_ ? dx_sum_ : *dx[0]);
+    if (accumulate_dx_) add_inplace(*dx[0], dx_sum_);
     record(ConvPhase::bp, ConvKernel::dense, dense_counters(g));
     return;
   }
@@ -159,13 +163,16 @@ void Conv2d::bp(const std::vector<const Tensor*>& x, const Tensor& /*y*/, const 
                 name(), layout_name(dy.layout()));
   const ConvKernel k = pick(ConvPhase::bp, g, sw_.density());
   if (k == ConvKernel::sparse) {
-    record(ConvPhase::bp, k, sparse_conv_bp(dy, sw_, in.shape(), *dx[0], scratch_bp_));
+    SparseConvOptions opt;
+    opt.accumulate_output = accumulate_dx_;
+    record(ConvPhase::bp, k, sparse_conv_bp(dy, sw_, in.shape(), *dx[0], scratch_bp_, opt));
   } else {
     // oneDNN's bp reads only x's shape and layout; ff may not have reordered x (it ran sparse).
     if (xr_.shape() != in.shape() || xr_.layout() != Layout::nChw16c) xr_.resize(in.shape(), Layout::nChw16c);
     dy.convert_to(dnnl_.y_layout(), dyr_);
     dnnl_.bp(xr_, dyr_, weight_.value, dxr_);
-    dxr_.convert_to(Layout::NCHW16n, *dx[0]);
+    dxr_.convert_to(Layout::NCHW16n, accumulate_dx_ ? dx_sum_ : *dx[0]);
+    if (accumulate_dx_) add_inplace(*dx[0], dx_sum_);
     record(ConvPhase::bp, k, dense_counters(g));
   }
 }

@@ -50,6 +50,7 @@ class Conv2d : public Layer {
   void wg(const std::vector<const Tensor*>& x, const Tensor& y, const Tensor& dy) override;
 
   std::vector<Param*> params() override;
+  bool can_accumulate_dx() const override { return true; }
   // Set after an ff on the sparse kernels (their epilogue sums y per channel); null otherwise.
   const ChannelSums* output_sums() const override { return sums_valid_ ? &sums_ : nullptr; }
   Op describe(Phase phase, const std::vector<const Tensor*>& x, const Tensor& y) const override;
@@ -95,6 +96,7 @@ class Conv2d : public Layer {
   SparseWeights sw_full_;  // every tap: a dense WG on the sparse kernels
   SparseConvScratch scratch_ff_, scratch_bp_, scratch_wg_;
   Tensor xr_, yr_, dyr_, dxr_;  // activations reordered for oneDNN (dense kernel on NCHW16n)
+  Tensor dx_sum_;               // oneDNN's input gradient when it is to be added (accumulate_dx_)
   struct Last {
     ConvKernel kernel = ConvKernel::dense;
     SparseCounters counters;
