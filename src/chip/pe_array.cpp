@@ -177,39 +177,27 @@ void for_column_runs(const std::vector<uint64_t>& b, const OutputIndex& ix, int6
   }
 }
 
-// p[i] += v for each set bit i of bits (i < n).
-inline void masked_add(int32_t* p, uint64_t bits, int n, int32_t v) {
-#ifdef __AVX512F__
-  if (n == 64) {
-    const __m512i add = _mm512_set1_epi32(v);
-    for (int q = 0; q < 4; ++q) {
-      const __mmask16 m = static_cast<__mmask16>(bits >> (16 * q));
-      const __m512i x = _mm512_loadu_si512(p + 16 * q);
-      _mm512_storeu_si512(p + 16 * q, _mm512_mask_add_epi32(x, m, x, add));
-    }
-    return;
-  }
-#endif
-  for (; bits; bits &= bits - 1) p[std::countr_zero(bits)] += v;
-  (void)n;
-}
+enum class MaskedOp { add, max };
 
-// p[i] = max(p[i], v) for each set bit i of bits (i < n).
-inline void masked_max(int32_t* p, uint64_t bits, int n, int32_t v) {
+// For each set bit i of bits (i < n): p[i] += v (add) or p[i] = max(p[i], v) (max); 16 lanes per masked
+// vector operation when the run is a whole 64.
+template <MaskedOp kOp>
+inline void masked_update(int32_t* p, uint64_t bits, int n, int32_t v) {
 #ifdef __AVX512F__
   if (n == 64) {
     const __m512i y = _mm512_set1_epi32(v);
     for (int q = 0; q < 4; ++q) {
       const __mmask16 m = static_cast<__mmask16>(bits >> (16 * q));
       const __m512i x = _mm512_loadu_si512(p + 16 * q);
-      _mm512_storeu_si512(p + 16 * q, _mm512_mask_max_epi32(x, m, x, y));
+      _mm512_storeu_si512(p + 16 * q, kOp == MaskedOp::add ? _mm512_mask_add_epi32(x, m, x, y)
+                                                           : _mm512_mask_max_epi32(x, m, x, y));
     }
     return;
   }
 #endif
   for (; bits; bits &= bits - 1) {
     int32_t& x = p[std::countr_zero(bits)];
-    x = std::max(x, v);
+    x = kOp == MaskedOp::add ? x + v : std::max(x, v);
   }
   (void)n;
 }
@@ -297,7 +285,7 @@ ComputeResult array_compute(const ConvWork& w, const Mapping& m, const ChipSpec&
           std::fill(cnt.begin(), cnt.end(), 0);
           for (int64_t j = c0; j < c1; ++j)
             for_column_runs(bits, ix, j, w.rows,
-                            [&](int64_t r, uint64_t b, int n) { masked_add(cnt.data() + r, b, n, 1); });
+                            [&](int64_t r, uint64_t b, int n) { masked_update<MaskedOp::add>(cnt.data() + r, b, n, 1); });
         } else {
           std::fill(best.begin(), best.end(), 0);
           std::fill(wsum.begin(), wsum.end(), 0);
@@ -305,8 +293,8 @@ ComputeResult array_compute(const ConvWork& w, const Mapping& m, const ChipSpec&
             const int64_t work = comp_b ? w.b_line_nnz[j] : w.reduction;
             const int32_t tag = static_cast<int32_t>(ceil_div(work, v) + 1);
             for_column_runs(bits, ix, j, w.rows, [&](int64_t r, uint64_t b, int n) {
-              masked_max(best.data() + r, b, n, tag);
-              masked_add(wsum.data() + r, b, n, static_cast<int32_t>(work));
+              masked_update<MaskedOp::max>(best.data() + r, b, n, tag);
+              masked_update<MaskedOp::add>(wsum.data() + r, b, n, static_cast<int32_t>(work));
             });
           }
         }
