@@ -39,8 +39,6 @@ class OpStream {
  public:
   // Which records the engine attaches operand nonzero maps to (see NonzeroCapture).
   void capture_nonzeros(NonzeroCapture c) { capture_ = c; }
-  void capture_nonzeros(bool on) { capture_ = on ? NonzeroCapture::all : NonzeroCapture::none; }
-  bool capturing_nonzeros() const { return capture_ != NonzeroCapture::none; }
   // Whether an Op of this kind gets maps under the current setting.
   bool captures_nonzeros_of(const std::string& kind) const {
     return capture_ == NonzeroCapture::all ||
