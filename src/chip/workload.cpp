@@ -287,8 +287,8 @@ std::shared_ptr<const std::vector<int32_t>> dy_per_position(AnalysisCache* cache
 }
 
 // The weight lines of an Op's w map: from the memo when the same map was seen before, else made.
-std::shared_ptr<const WeightLines> weight_lines(WeightMemo* memo, const Op& op, const std::vector<uint64_t>&,
-                                                const ConvGeometry& g, const std::function<WeightLines()>& make) {
+std::shared_ptr<const WeightLines> weight_lines(WeightMemo* memo, const Op& op, const ConvGeometry& g,
+                                                const std::function<WeightLines()>& make) {
   if (!memo || !op.w_nz) return std::make_shared<const WeightLines>(make());
   return memo->get(op.phase, g, *op.w_nz, make);
 }
@@ -300,7 +300,7 @@ void analyse_ff(ConvWork& w, const Op& op, AnalysisCache* cache, WeightMemo* mem
   const auto& wb = operand_bits(op.w_nz, w.b_elems, op, "w", ones_w);
   const int64_t CRS = g.C * g.R * g.S;
   w.a_line_nnz = *x_receptive(cache, op.x_nz.get(), xb, g);
-  const auto wl = weight_lines(memo, op, wb, g, [&] {
+  const auto wl = weight_lines(memo, op, g, [&] {
     WeightLines l;
     l.lines.resize(static_cast<size_t>(g.K));
     for (int64_t k = 0; k < g.K; ++k)
@@ -355,7 +355,7 @@ void analyse_bp(ConvWork& w, const Op& op, AnalysisCache* cache, WeightMemo* mem
     }
   }
   // Lines of b: w[:, c, :, :] over (k, r, s); and per (k, r, s) the nonzeros over c.
-  const auto wl = weight_lines(memo, op, wb, g, [&] {
+  const auto wl = weight_lines(memo, op, g, [&] {
     WeightLines l;
     l.lines.assign(static_cast<size_t>(g.C), 0);
     l.cols.assign(static_cast<size_t>(g.K * RS), 0);
