@@ -523,9 +523,7 @@ ConvGeometry conv_geometry(const Op& op) {
 std::shared_ptr<const WeightLines> WeightMemo::get(Phase phase, const ConvGeometry& g, const Bitmap& map,
                                                    const std::function<WeightLines()>& make) {
   const std::vector<uint64_t>& words = map.words();
-  uint64_t h = 1469598103934665603ull ^ static_cast<uint64_t>(map.size());
-  for (uint64_t x : words) h = (h ^ x) * 1099511628211ull;
-  const Key key{static_cast<int>(phase), geometry_key(g), h};
+  const Key key{static_cast<int>(phase), geometry_key(g), map.content_hash()};
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = entries_.find(key);

@@ -72,9 +72,9 @@ ChipTraceHooks::ChipTraceHooks(const ChipTraceOptions& o) : opts_(o) {
   if (o.trace.empty() && o.trace_every != 50) throw UsageError("option --trace-every needs --trace");
   if (o.chips.empty() && o.trace.empty() && o.chip_maps != "all")
     throw UsageError("option --chip-maps needs --chip or --trace");
+  capture_ = o.chip_maps == "pe_array" ? NonzeroCapture::pe_array : NonzeroCapture::all;
   if (o.chip_maps != "all" && o.chip_maps != "pe_array")
     throw UsageError(fmt::format("option --chip-maps: expected all or pe_array, got '{}'", o.chip_maps));
-  capture_ = parse_nonzero_capture(o.chip_maps);
   if (o.chip_every < 1)
     throw UsageError(fmt::format("option --chip-every: expected an integer >= 1, got '{}'", o.chip_every));
   if (o.trace_every < 1)

@@ -129,6 +129,12 @@ void Bitmap::assign_nonzeros(const Tensor& t) {
   return;
 }
 
+uint64_t Bitmap::content_hash() const {
+  uint64_t h = 1469598103934665603ull ^ static_cast<uint64_t>(size_);
+  for (uint64_t w : words_) h = (h ^ w) * 1099511628211ull;
+  return h;
+}
+
 int64_t Bitmap::count() const {
   int64_t c = 0;
   for (uint64_t w : words_) c += std::popcount(w);

@@ -24,6 +24,9 @@ class Bitmap {
   bool test(int64_t i) const { return (words_[i >> 6] >> (i & 63)) & 1u; }
   void set(int64_t i) { words_[i >> 6] |= uint64_t{1} << (i & 63); }
   int64_t count() const;  // number of nonzeros
+  // A hash of the size and the bits (FNV-1a over the words), for finding equal maps; equal maps hash
+  // equal, and callers compare with == before trusting a match.
+  uint64_t content_hash() const;
   double density() const { return size_ ? static_cast<double>(count()) / static_cast<double>(size_) : 0.0; }
   const std::vector<uint64_t>& words() const { return words_; }
   std::vector<uint64_t>& words() { return words_; }

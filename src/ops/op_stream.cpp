@@ -4,8 +4,6 @@
 
 #include <array>
 
-#include "core/error.hpp"
-
 namespace trainer {
 
 const char* nonzero_capture_name(NonzeroCapture c) {
@@ -17,13 +15,6 @@ const char* nonzero_capture_name(NonzeroCapture c) {
     default:
       return "all";
   }
-}
-
-NonzeroCapture parse_nonzero_capture(const std::string& s) {
-  if (s == "none") return NonzeroCapture::none;
-  if (s == "pe_array") return NonzeroCapture::pe_array;
-  if (s == "all") return NonzeroCapture::all;
-  fail("unknown nonzero-map capture '{}': expected none, pe_array or all", s);
 }
 
 const char* phase_name(Phase p) {

@@ -32,8 +32,6 @@ struct OpTotals {
 //   all: every operand of every Op.
 enum class NonzeroCapture : uint8_t { none = 0, pe_array = 1, all = 2 };
 const char* nonzero_capture_name(NonzeroCapture c);
-// "none", "pe_array" or "all"; throws trainer::Error naming the value otherwise.
-NonzeroCapture parse_nonzero_capture(const std::string& s);
 
 class OpStream {
  public:

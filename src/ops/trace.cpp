@@ -354,9 +354,7 @@ bool TraceReader::next(TraceStep& step) {
   std::unordered_map<uint64_t, std::vector<std::shared_ptr<const Bitmap>>> seen;
   auto share = [&](std::shared_ptr<const Bitmap>& m) {
     if (!m) return;
-    uint64_t h = 1469598103934665603ull ^ static_cast<uint64_t>(m->size());
-    for (uint64_t word : m->words()) h = (h ^ word) * 1099511628211ull;
-    auto& same_hash = seen[h];
+    auto& same_hash = seen[m->content_hash()];
     for (const auto& other : same_hash)
       if (*other == *m) {
         m = other;
