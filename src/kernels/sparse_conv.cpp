@@ -266,6 +266,7 @@ struct SparseConvScratch::Impl {
   Tensor stats;  // 64-byte aligned: the epilogue loads and stores it as vectors
   std::vector<double> stats_d;
   std::vector<float> wg_part;
+  std::vector<float> wg_blocks;  // WG by image block: per block, the gradients of the kept taps
   std::vector<SparseCounters> counters;
   std::vector<int64_t> bounds;
 
@@ -867,6 +868,14 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
   const int shape = opt.tile ? opt.tile : Q >= 16 ? 2 : Q >= 8 ? 1 : 4;
   const int64_t TP = tile_shape_rows(shape);
   const int64_t slab_cols = (Q - 1) * st + S;
+  // When the activations outweigh the taps (large images, few channels), each block's gradient is summed
+  // on its own, and the blocks' sums are added in block order at the end: then the threads can split
+  // the image blocks, each reading its share of x and dy once, instead of the output channels, each
+  // reading all of x; and the bits do not depend on the split. Otherwise one running sum per tap.
+  const int64_t nnz = w.nnz();
+  const bool per_block = NB >= 2 && NB * C * g.H * g.W * kLanes * 4 > 16 * nnz * 8;
+  const bool split_nb = per_block && nth > 1 && NB % nth == 0;
+  const int nks = split_nb ? 1 : nth;  // shares of the output channels
   // Band: output rows whose slab (the group's channels) stays in L2 beside the tap sums.
   int64_t BR = opt.band_rows;
   if (BR <= 0) BR = std::max<int64_t>(TP, 131072 / (CG * slab_cols * st * kLanes * 4) / TP * TP);
@@ -874,7 +883,7 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
   const int64_t slab_rows_max = (BR - 1) * st + R;
   const int64_t chan_stride = slab_rows_max * slab_cols * kLanes;
   ws.slab_buffers(std::max(nth, 2), CG * chan_stride);
-  split_by_cost(w.nnz_per_k(), nth, ws.bounds);
+  split_by_cost(w.nnz_per_k(), nks, ws.bounds);
   ws.per_thread(nth);
   const std::vector<int32_t>& fptr = w.ff_ptr();
   const std::vector<int32_t>& frs = w.ff_rs();
@@ -886,13 +895,13 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
     cache.off.assign(static_cast<size_t>(w.nnz()), 0);
     cache.slot.assign(static_cast<size_t>(w.nnz()), 0);
     cache.seg.assign(static_cast<size_t>(ncg * K * 2), 0);
-    cache.slots.assign(static_cast<size_t>(nth * ncg), 0);
+    cache.slots.assign(static_cast<size_t>(nks * ncg), 0);
     for (int64_t k = 0; k < K; ++k)
       for (int64_t c = 0; c < C; ++c)
         for (int32_t e = fptr[k * C + c]; e < fptr[k * C + c + 1]; ++e)
           cache.off[e] =
               static_cast<int32_t>((c % CG) * chan_stride + (frs[e] / S * slab_cols + frs[e] % S) * kLanes);
-    for (int t = 0; t < nth; ++t)
+    for (int t = 0; t < nks; ++t)
       for (int64_t cg = 0; cg < ncg; ++cg) {
         const int64_t c0 = cg * CG, c1 = std::min(C, c0 + CG);
         int32_t n = 0;
@@ -912,23 +921,28 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
   ws.zero_in.resize(static_cast<size_t>(NB * C));
   ws.zero_err.resize(static_cast<size_t>(NB * K));
   const int64_t dy_plane = P * Q * kLanes;
+  if (per_block) ws.wg_blocks.resize(static_cast<size_t>(NB * nnz));
 
 #pragma omp parallel num_threads(nth)
   {
     detect_zero_planes<V>(x, g.N, C, g.H * g.W, pro, opt.skip_zero_planes, ws.zero_in.data());
     detect_zero_planes<V>(dy, g.N, K, P * Q, ConvPrologue{}, opt.skip_zero_planes, ws.zero_err.data());
-    const bool shared = share_slabs(nth, opt);
+    const bool shared = !split_nb && share_slabs(nth, opt);
     for (int tid = omp_get_thread_num(); tid < nth; tid += omp_get_num_threads()) {
-      const int64_t k0 = ws.bounds[tid], k1 = ws.bounds[tid + 1], nk = k1 - k0;
+      const int ks = split_nb ? 0 : tid;  // this thread's share of the output channels
+      const int64_t k0 = ws.bounds[ks], k1 = ws.bounds[ks + 1], nk = k1 - k0;
       SparseCounters cnt;  // this thread's own: counters of both threads in one cache line would ping-pong
       int parity = 0;
       float* const pv = ws.part[tid].data();
       FilteredTaps& ft = ws.filtered[tid];
-      for (int32_t e = fptr[k0 * C]; e < fptr[k1 * C]; ++e) part[e] = 0.0f;
+      if (!per_block)
+        for (int32_t e = fptr[k0 * C]; e < fptr[k1 * C]; ++e) part[e] = 0.0f;
 
       std::vector<uint8_t> dead(static_cast<size_t>(nk));
-      for (int64_t nb = 0; nb < NB; ++nb) {
+      for (int64_t nb = split_nb ? tid : 0; nb < NB; nb += split_nb ? nth : 1) {
         const int64_t n_real = real_images(g.N, nb);
+        float* const grad = per_block ? ws.wg_blocks.data() + nb * nnz : part;
+        if (per_block) std::fill(grad + fptr[k0 * C], grad + fptr[k1 * C], 0.0f);
         const uint8_t* zero_x = ws.zero_in.data() + nb * C;
         for (int64_t k = k0; k < k1; ++k) dead[k - k0] = ws.zero_err[nb * K + k];
         for (int64_t i0 = 0; i0 < P; i0 += BR) {
@@ -940,7 +954,7 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
           const bool direct = (rows / TP) * (Q / tile_shape_cols(shape)) <= 2;
           for (int64_t cg = 0; cg < ncg; ++cg) {
             const int64_t c0 = cg * CG, cga = std::min(CG, C - c0);
-            const int64_t nslots = cache.slots[tid * ncg + cg];
+            const int64_t nslots = cache.slots[ks * ncg + cg];
             float* const slab = ws.slab[shared ? parity : tid].data();
             parity ^= 1;
             build_slab<V>(x, C, g.H, g.W, g.N, nb, c0, cga, row_org, slab_rows, -g.pad, slab_cols,
@@ -960,7 +974,7 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
             c.k1 = k1;
             c.dead = dead.data();
             c.pv = pv;
-            c.grad = part;
+            c.grad = grad;
             c.direct = direct;
             bool any_zero = false;
             for (int64_t ci = c0; ci < c0 + cga; ++ci) any_zero |= zero_x[ci] != 0;
@@ -1013,7 +1027,7 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
             auto flush = [&] {
               for (int jj = n; jj < 8; ++jj) a[jj] = V::zero();
               V::template reduce_n<8>(a, sums);
-              for (int jj = 0; jj < n; ++jj) part[idx[jj]] += sums[jj];
+              for (int jj = 0; jj < n; ++jj) grad[idx[jj]] += sums[jj];
               n = 0;
             };
             for (int64_t k = k0; k < k1; ++k)
@@ -1026,17 +1040,27 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
           }
         }
       }
-      if (db) {
-        for (int64_t k = k0; k < k1; ++k) {
-          typename V::R acc = V::zero();
-          for (int64_t nb = 0; nb < NB; ++nb) {
-            const float* d = dy + (nb * K + k) * dy_plane;
-            for (int64_t i = 0; i < P * Q; ++i) acc = V::add(acc, V::load(d + i * kLanes));
-          }
-          db[k] = V::reduce(acc);
-        }
-      }
       ws.counters[tid] = cnt;
+    }
+#pragma omp barrier
+    if (per_block) {  // the blocks' sums, in block order
+#pragma omp for schedule(static)
+      for (int64_t e = 0; e < nnz; ++e) {
+        float s = ws.wg_blocks[e];
+        for (int64_t nb = 1; nb < NB; ++nb) s += ws.wg_blocks[nb * nnz + e];
+        part[e] = s;
+      }
+    }
+    if (db) {
+#pragma omp for schedule(static)
+      for (int64_t k = 0; k < K; ++k) {
+        typename V::R acc = V::zero();
+        for (int64_t nb = 0; nb < NB; ++nb) {
+          const float* d = dy + (nb * K + k) * dy_plane;
+          for (int64_t i = 0; i < P * Q; ++i) acc = V::add(acc, V::load(d + i * kLanes));
+        }
+        db[k] = V::reduce(acc);
+      }
     }
   }
   for (const SparseCounters& c : ws.counters) total += c;
