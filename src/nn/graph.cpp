@@ -169,9 +169,19 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
   Node& out = nodes_.back();
   TRAINER_CHECK(dy.shape() == out.y.shape(), "graph: output gradient has shape {}, the output has {}",
                 shape_str(dy.shape()), shape_str(out.y.shape()));
-  for (auto& n : nodes_) n.dy_set = false, n.dy_nz.reset();
+  for (auto& n : nodes_) n.dy_set = false, n.dy_nz.reset(), n.dy_shared = -1;
+  shared_gradients_ = 0;
   out.dy = dy;
   out.dy_set = true;
+  // The gradient of node j as it stands: its own, or the one it shares.
+  auto dy_of = [this](int j) -> Tensor& {
+    return nodes_[j].dy_shared >= 0 ? nodes_[nodes_[j].dy_shared].dy : nodes_[j].dy;
+  };
+  // Readers of each node, in order.
+  std::vector<std::vector<int>> readers(nodes_.size());
+  for (int i = 0; i <= last(); ++i)
+    for (int j : nodes_[i].inputs)
+      if (j != kInput) readers[j].push_back(i);
   for (int i = last(); i >= 0; --i) {
     Node& n = nodes_[i];
     if (n.fused_into >= 0) {
@@ -181,7 +191,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
         Op op = fused_relu_op(i, Phase::bp);
         if (ops->captures_nonzeros_of(op.kind)) {
           Node& p = nodes_[n.fused_into];
-          if (!p.dy_nz) p.dy_nz = map_of(p.dy);  // the producer's own Ops share it
+          if (!p.dy_nz) p.dy_nz = map_of(dy_of(n.fused_into));  // the producer's own Ops share it
           op.dy_nz = p.dy_nz;
         }
         ops->record(std::move(op));
@@ -190,6 +200,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
     }
     if (!n.dy_set) continue;  // nothing downstream of this node reaches the loss
     auto xs = inputs_ptrs(n);
+    const Tensor& dy_n = dy_of(i);
     std::shared_ptr<const Bitmap> dy_map;  // this node's dy is final now; its wg and bp share one map
     auto record = [&](Phase phase, uint64_t t0) {
       if (!ops) return;
@@ -199,7 +210,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
       op.layer = i;
       op.layer_name = n.layer->name();
       if (ops->captures_nonzeros_of(op.kind)) {
-        if (!dy_map) dy_map = n.dy_nz ? n.dy_nz : map_of(n.dy);
+        if (!dy_map) dy_map = n.dy_nz ? n.dy_nz : map_of(dy_n);
         attach_nonzeros(op, *n.layer, nullptr, dy_map, n.x_nz, n.w_nz,
                         [this](const Tensor& t) { return map_of(t); });
       }
@@ -207,7 +218,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
     };
     if (!n.layer->params().empty()) {
       const uint64_t t0 = now_ns();
-      n.layer->wg(xs, n.y, n.dy);
+      n.layer->wg(xs, n.y, dy_n);
       record(Phase::wg, t0);
     }
     // Inputs that need a gradient: every node output (the model input needs none). The first writer
@@ -233,13 +244,36 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
       }
     }
     if (!any) continue;
+    // A layer that gives both inputs the same gradient (an add) writes it once, to input `own`, when
+    // input `other` can read that copy instead: both are written here first; `other` has no reader but
+    // this one (nothing else adds to its gradient); and every other reader of `own`, whose bp may add
+    // to own's gradient, runs after `other` in this backward (has a smaller index), so `other` reads
+    // the gradient before it changes. A residual block's add: the branch's batch norm shares the
+    // shortcut's gradient. One pass writing a gradient tensor less per residual block.
+    int shared_from = -1, shared_to = -1;
+    if (n.layer->same_dx_for_inputs() && n.inputs.size() == 2 && accumulate.empty()) {
+      for (int t = 0; t < 2 && shared_to < 0; ++t) {
+        const int own = n.inputs[t], other = n.inputs[1 - t];
+        if (own == kInput || other == kInput || own == other || !dxs[0] || !dxs[1]) continue;
+        if (nodes_[own].dy_set || nodes_[other].dy_set || readers[other].size() != 1) continue;
+        bool before = true;
+        for (int m : readers[own])
+          if (m != i && m >= other) before = false;
+        if (before) shared_from = own, shared_to = other, dxs[1 - t] = nullptr;
+      }
+    }
     const uint64_t t0 = now_ns();
-    n.layer->bp(xs, n.y, n.dy, dxs);
+    n.layer->bp(xs, n.y, dy_n, dxs);
     n.layer->set_accumulate_dx(false);
     for (int k : accumulate) add_inplace(nodes_[n.inputs[k]].dy, scratch_);
     record(Phase::bp, t0);
     for (size_t k = 0; k < n.inputs.size(); ++k)
       if (dxs[k]) nodes_[n.inputs[k]].dy_set = true;
+    if (shared_to >= 0) {
+      nodes_[shared_to].dy_shared = shared_from;
+      nodes_[shared_to].dy_set = true;
+      ++shared_gradients_;
+    }
   }
 }
 

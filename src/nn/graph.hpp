@@ -42,6 +42,9 @@ class Graph {
   const Tensor& forward(const Tensor& x, bool training, OpStream* ops = nullptr);
   // dy: gradient of the loss w.r.t. forward()'s output. Leaves gradients in every Param::grad.
   void backward(const Tensor& dy, OpStream* ops = nullptr);
+  // How many nodes read another node's gradient tensor in the last backward instead of a copy of their
+  // own (an add's inputs; see backward).
+  int shared_gradients() const { return shared_gradients_; }
 
   std::vector<Param*> params();
   std::vector<Buffer> buffers();
@@ -65,6 +68,7 @@ class Graph {
     Tensor dy;     // gradient w.r.t. y, during backward
     bool dy_set = false;
     int fused_into = -1;  // a ReLU fused into this node (see fuse_relus)
+    int dy_shared = -1;   // during backward: this node's dy is node dy_shared's (see backward)
     std::shared_ptr<const Bitmap> dy_nz;  // map of dy in this backward, when a fused ReLU built it first
     std::shared_ptr<const Bitmap> x_nz, w_nz;  // operand maps of the last ff, when captured
     std::shared_ptr<const Bitmap> y_nz;        // map of y in this forward, shared by the layers reading it
@@ -82,6 +86,7 @@ class Graph {
   Op fused_relu_op(int i, Phase phase) const;
   std::vector<std::shared_ptr<Bitmap>> map_pool_;
   Tensor scratch_;
+  int shared_gradients_ = 0;
 };
 
 }  // namespace trainer

@@ -105,6 +105,10 @@ class Layer {
   virtual bool can_accumulate_dx() const { return false; }
   void set_accumulate_dx(bool on) { accumulate_dx_ = on; }
 
+  // Whether bp gives every input the same gradient (an add). The graph may then have bp write it once
+  // and let a second input read the first one's copy (see Graph::backward); bp leaves a null dx alone.
+  virtual bool same_dx_for_inputs() const { return false; }
+
   // The Op record of a phase, for the shapes of the last ff: shapes, stride/pad, dense MACs.
   // The graph fills in layer index, name and time.
   virtual Op describe(Phase phase, const std::vector<const Tensor*>& x, const Tensor& y) const;

@@ -1,0 +1,107 @@
+// An add gives both its inputs the same gradient. Graph::backward has it written once where the second
+// input can read the first one's copy safely (Graph::shared_gradients). These tests check that the
+// numbers are exactly those of a graph that writes both copies, and that the sharing is refused where
+// the shared tensor would change before it is read.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/rng.hpp"
+#include "nn/graph.hpp"
+#include "nn/layers/basic.hpp"
+#include "nn/layers/batchnorm2d.hpp"
+#include "nn/layers/conv2d.hpp"
+#include "nn/layers/linear.hpp"
+
+using namespace trainer;
+
+namespace {
+
+// An add that never lets the graph share its inputs' gradient: the reference.
+class CopyingAdd : public Add {
+ public:
+  using Add::Add;
+  bool same_dx_for_inputs() const override { return false; }
+};
+
+std::unique_ptr<Layer> make_add(bool share, const std::string& name) {
+  if (share) return std::make_unique<Add>(name);
+  return std::make_unique<CopyingAdd>(name);
+}
+
+// stem; an identity residual block; an add of a node and a conv reading that same node (sharing would
+// let the conv's bp change the gradient it reads); a block with a projection shortcut; a head.
+std::unique_ptr<Graph> build(bool share) {
+  auto g = std::make_unique<Graph>();
+  int x = g->add(std::make_unique<Conv2d>("stem.conv", 1, 8, 3, 1, 1), {Graph::kInput});
+  x = g->add(std::make_unique<BatchNorm2d>("stem.bn", 8), {x});
+  x = g->add(std::make_unique<ReLU>("stem.relu"), {x});
+  int b = g->add(std::make_unique<Conv2d>("b1.conv0", 8, 8, 3, 1, 1), {x});
+  b = g->add(std::make_unique<BatchNorm2d>("b1.bn0", 8), {b});
+  b = g->add(std::make_unique<ReLU>("b1.relu0"), {b});
+  b = g->add(std::make_unique<Conv2d>("b1.conv1", 8, 8, 3, 1, 1), {b});
+  b = g->add(std::make_unique<BatchNorm2d>("b1.bn1", 8), {b});
+  x = g->add(make_add(share, "b1.add"), {b, x});
+  x = g->add(std::make_unique<ReLU>("b1.relu1"), {x});
+  const int c = g->add(std::make_unique<Conv2d>("h.conv", 8, 8, 3, 1, 1), {x});
+  x = g->add(make_add(share, "h.add"), {x, c});
+  b = g->add(std::make_unique<Conv2d>("b2.conv0", 8, 16, 3, 2, 1), {x});
+  b = g->add(std::make_unique<BatchNorm2d>("b2.bn0", 16), {b});
+  int s = g->add(std::make_unique<Conv2d>("b2.proj", 8, 16, 1, 2, 0), {x});
+  s = g->add(std::make_unique<BatchNorm2d>("b2.proj_bn", 16), {s});
+  x = g->add(make_add(share, "b2.add"), {b, s});
+  x = g->add(std::make_unique<ReLU>("b2.relu"), {x});
+  x = g->add(std::make_unique<GlobalAvgPool>("gap"), {x});
+  x = g->add(std::make_unique<Flatten>("flatten"), {x});
+  g->add(std::make_unique<Linear>("fc", 16, 5), {x});
+  return g;
+}
+
+struct Result {
+  std::vector<Tensor> grads;
+  int shared = 0;
+};
+
+Result step(bool share, bool fuse, Layout layout) {
+  auto g = build(share);
+  Rng init(7);
+  g->init(init, InitScheme::kaiming);
+  if (fuse) g->fuse_relus();
+  g->set_input_layout(layout);
+  Tensor x({18, 1, 10, 10});
+  Rng data(9);
+  for (int64_t i = 0; i < x.numel(); ++i) x.data()[i] = static_cast<float>(data.uniform() * 2.0 - 0.5);
+  Result r;
+  for (int rep = 0; rep < 2; ++rep) {  // the second step reuses every buffer
+    const Tensor out = g->forward(x, /*training=*/true).to_layout(Layout::plain);
+    Tensor dy(out.shape());
+    for (int64_t i = 0; i < dy.numel(); ++i) dy.data()[i] = static_cast<float>(std::cos(0.29 * i + rep));
+    g->backward(dy);
+  }
+  for (Param* p : g->params()) r.grads.push_back(p->grad.to_layout(Layout::plain));
+  r.shared = g->shared_gradients();
+  return r;
+}
+
+}  // namespace
+
+TEST(SharedGradients, SameNumbersAsWritingBothCopies) {
+  for (Layout layout : {Layout::plain, Layout::nChw16c, Layout::NCHW16n})
+    for (bool fuse : {false, true}) {
+      SCOPED_TRACE(std::string(layout_name(layout)) + (fuse ? " fused" : " unfused"));
+      const Result ref = step(false, fuse, layout), got = step(true, fuse, layout);
+      EXPECT_EQ(ref.shared, 0);
+      // The identity block's and the projection block's adds share; the add whose second input reads
+      // its first does not.
+      EXPECT_EQ(got.shared, 2);
+      ASSERT_EQ(ref.grads.size(), got.grads.size());
+      for (size_t i = 0; i < ref.grads.size(); ++i) {
+        ASSERT_EQ(ref.grads[i].shape(), got.grads[i].shape());
+        for (int64_t e = 0; e < ref.grads[i].numel(); ++e)
+          ASSERT_EQ(ref.grads[i].data()[e], got.grads[i].data()[e]) << "param " << i << " element " << e;
+      }
+    }
+}
