@@ -1,6 +1,7 @@
 #include "kernels/batchnorm.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/error.hpp"
 
@@ -217,7 +218,7 @@ void apply_impl(const Tensor& x, const float* scale, const float* shift, Tensor&
       float* __restrict q = py + grp * g.run;
 #pragma omp simd
       for (int64_t i = 0; i < g.run; ++i) {
-        const float v = a * p[i] + b;
+        const float v = std::fma(a, p[i], b);  // FusedRelu recomputes exactly this
         q[i] = kRelu ? relu(v) : v;
       }
       zero_padding_images(g, grp, q);
@@ -233,7 +234,7 @@ void apply_impl(const Tensor& x, const float* scale, const float* shift, Tensor&
       for (int64_t i = 0; i < g.HW; ++i) {
 #pragma omp simd
         for (int64_t l = 0; l < kLanes; ++l) {
-          const float v = a[l] * p[i * kLanes + l] + b[l];
+          const float v = std::fma(a[l], p[i * kLanes + l], b[l]);
           q[i * kLanes + l] = kRelu ? relu(v) : v;
         }
       }
@@ -252,16 +253,16 @@ void batchnorm_apply(const Tensor& x, const float* scale, const float* shift, Te
 
 namespace {
 
-// dy where the fused ReLU's output r is positive, else 0 (as relu_bp).
+// dy where the fused ReLU's output relu(fma(s, x, t)) is positive, else 0 (as relu_bp).
 template <bool kMask>
-inline float masked(const float* e, const float* r, int64_t i) {
-  if constexpr (kMask) return r[i] > 0.0f ? e[i] : 0.0f;
-  return e[i];
+inline float masked(float e, float x, float s, float t) {
+  if constexpr (kMask) return std::fma(s, x, t) > 0.0f ? e : 0.0f;
+  return e;
 }
 
 template <bool kMask>
 void grad_sums_impl(const Tensor& x, const Tensor& dy, const float* mean, double* sum_dy, double* sum_dy_xc,
-                    std::vector<double>& partial, const float* pr) {
+                    std::vector<double>& partial, const FusedRelu& fr) {
   const Geometry g = geometry(x, "batchnorm grad sums");
   check_same(x, dy, "batchnorm grad sums");
   const int64_t pairs = g.lane_channels() ? g.groups * kLanes : g.groups;
@@ -276,15 +277,16 @@ void grad_sums_impl(const Tensor& x, const Tensor& dy, const float* mean, double
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const float* p = px + grp * g.run;
       const float* e = pd + grp * g.run;
-      const float* r = kMask ? pr + grp * g.run : nullptr;
-      const float m = mean[g.channel(grp)];
+      const int64_t c = g.channel(grp);
+      const float rs = kMask ? fr.scale[c] : 0.0f, rt = kMask ? fr.shift[c] : 0.0f;
+      const float m = mean[c];
       double s = 0, sx = 0;
       for (int64_t i0 = 0; i0 < g.run; i0 += kChunk) {
         const int64_t i1 = std::min(g.run, i0 + kChunk);
         float fs = 0, fsx = 0;
 #pragma omp simd reduction(+ : fs, fsx)
         for (int64_t i = i0; i < i1; ++i) {
-          const float ev = masked<kMask>(e, r, i);
+          const float ev = masked<kMask>(e[i], p[i], rs, rt);
           fs += ev;
           fsx += ev * (p[i] - m);
         }
@@ -300,9 +302,9 @@ void grad_sums_impl(const Tensor& x, const Tensor& dy, const float* mean, double
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const float* p = px + grp * g.run;
       const float* e = pd + grp * g.run;
-      const float* r = kMask ? pr + grp * g.run : nullptr;
-      float m[kLanes];
+      float m[kLanes], rs[kLanes] = {}, rt[kLanes] = {};
       load_lanes(mean, g.C, grp % g.CB, m);
+      if (kMask) load_lanes(fr.scale, g.C, grp % g.CB, rs), load_lanes(fr.shift, g.C, grp % g.CB, rt);
       double s[kLanes] = {}, sx[kLanes] = {};
       for (int64_t i0 = 0; i0 < g.HW; i0 += kChunkPos) {
         const int64_t i1 = std::min(g.HW, i0 + kChunkPos);
@@ -310,7 +312,7 @@ void grad_sums_impl(const Tensor& x, const Tensor& dy, const float* mean, double
         for (int64_t i = i0; i < i1; ++i) {
 #pragma omp simd
           for (int64_t l = 0; l < kLanes; ++l) {
-            const float ev = masked<kMask>(e, r, i * kLanes + l);
+            const float ev = masked<kMask>(e[i * kLanes + l], p[i * kLanes + l], rs[l], rt[l]);
             fs[l] += ev;
             fsx[l] += ev * (p[i * kLanes + l] - m[l]);
           }
@@ -331,7 +333,7 @@ void grad_sums_impl(const Tensor& x, const Tensor& dy, const float* mean, double
 
 template <bool kMask>
 void bp_apply_impl(const Tensor& x, const Tensor& dy, const float* a, const float* b, const float* d,
-                   Tensor& dx, const float* pr) {
+                   Tensor& dx, const FusedRelu& fr) {
   const Geometry g = geometry(x, "batchnorm bp");
   check_same(x, dy, "batchnorm bp");
   dx.resize(x.shape(), x.layout());
@@ -343,29 +345,30 @@ void bp_apply_impl(const Tensor& x, const Tensor& dy, const float* a, const floa
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const int64_t c = g.channel(grp);
       const float ca = a[c], cb = b[c], cd = d[c];
+      const float rs = kMask ? fr.scale[c] : 0.0f, rt = kMask ? fr.shift[c] : 0.0f;
       const float* __restrict p = px + grp * g.run;
       const float* __restrict e = pd + grp * g.run;
-      const float* __restrict r = kMask ? pr + grp * g.run : nullptr;
       float* __restrict q = po + grp * g.run;
 #pragma omp simd
-      for (int64_t i = 0; i < g.run; ++i) q[i] = ca * masked<kMask>(e, r, i) + cb * p[i] + cd;
+      for (int64_t i = 0; i < g.run; ++i) q[i] = ca * masked<kMask>(e[i], p[i], rs, rt) + cb * p[i] + cd;
       zero_padding_images(g, grp, q);
     }
   } else {
 #pragma omp parallel for schedule(static)
     for (int64_t grp = 0; grp < g.groups; ++grp) {
-      float ca[kLanes], cb[kLanes], cd[kLanes];
+      float ca[kLanes], cb[kLanes], cd[kLanes], rs[kLanes] = {}, rt[kLanes] = {};
       load_lanes(a, g.C, grp % g.CB, ca);
       load_lanes(b, g.C, grp % g.CB, cb);
       load_lanes(d, g.C, grp % g.CB, cd);
+      if (kMask) load_lanes(fr.scale, g.C, grp % g.CB, rs), load_lanes(fr.shift, g.C, grp % g.CB, rt);
       const float* __restrict p = px + grp * g.run;
       const float* __restrict e = pd + grp * g.run;
-      const float* __restrict r = kMask ? pr + grp * g.run : nullptr;
       float* __restrict q = po + grp * g.run;
       for (int64_t i = 0; i < g.HW; ++i) {
 #pragma omp simd
         for (int64_t l = 0; l < kLanes; ++l)
-          q[i * kLanes + l] = ca[l] * masked<kMask>(e, r, i * kLanes + l) + cb[l] * p[i * kLanes + l] + cd[l];
+          q[i * kLanes + l] =
+              ca[l] * masked<kMask>(e[i * kLanes + l], p[i * kLanes + l], rs[l], rt[l]) + cb[l] * p[i * kLanes + l] + cd[l];
       }
     }
   }
@@ -374,22 +377,22 @@ void bp_apply_impl(const Tensor& x, const Tensor& dy, const float* a, const floa
 }  // namespace
 
 void batchnorm_grad_sums(const Tensor& x, const Tensor& dy, const float* mean, double* sum_dy,
-                         double* sum_dy_xc, std::vector<double>& partial, const Tensor* relu_out) {
-  if (relu_out) {
-    check_same(x, *relu_out, "batchnorm grad sums (fused relu output)");
-    grad_sums_impl<true>(x, dy, mean, sum_dy, sum_dy_xc, partial, relu_out->data());
+                         double* sum_dy_xc, std::vector<double>& partial, const FusedRelu* relu) {
+  if (relu) {
+    TRAINER_CHECK(relu->scale && relu->shift, "batchnorm grad sums: fused relu without scale and shift");
+    grad_sums_impl<true>(x, dy, mean, sum_dy, sum_dy_xc, partial, *relu);
   } else {
-    grad_sums_impl<false>(x, dy, mean, sum_dy, sum_dy_xc, partial, nullptr);
+    grad_sums_impl<false>(x, dy, mean, sum_dy, sum_dy_xc, partial, FusedRelu{});
   }
 }
 
 void batchnorm_bp_apply(const Tensor& x, const Tensor& dy, const float* a, const float* b, const float* d,
-                        Tensor& dx, const Tensor* relu_out) {
-  if (relu_out) {
-    check_same(x, *relu_out, "batchnorm bp (fused relu output)");
-    bp_apply_impl<true>(x, dy, a, b, d, dx, relu_out->data());
+                        Tensor& dx, const FusedRelu* relu) {
+  if (relu) {
+    TRAINER_CHECK(relu->scale && relu->shift, "batchnorm bp: fused relu without scale and shift");
+    bp_apply_impl<true>(x, dy, a, b, d, dx, *relu);
   } else {
-    bp_apply_impl<false>(x, dy, a, b, d, dx, nullptr);
+    bp_apply_impl<false>(x, dy, a, b, d, dx, FusedRelu{});
   }
 }
 

@@ -17,22 +17,28 @@ namespace trainer {
 // partial: scratch, resized as needed (it only grows).
 void batchnorm_stats(const Tensor& x, double* mean, double* var, std::vector<double>& partial);
 
-// x, y: [N, C, H, W] (y takes x's layout and shape); scale, shift: [C].  y = scale[c]*x + shift[c], and
+// x, y: [N, C, H, W] (y takes x's layout and shape); scale, shift: [C].  y = fma(scale[c], x, shift[c]), and
 // with relu_after, max(0, that) in the same pass (a ReLU fused into the batch norm: one pass less).
 void batchnorm_apply(const Tensor& x, const float* scale, const float* shift, Tensor& y,
                      bool relu_after = false);
 
+// A ReLU fused into the batch norm, for the backward passes: the scale and shift [C] its forward
+// applied. dy then counts only where scale[c]*x + shift[c] was positive, as the ReLU's backward would
+// have it. The mask is recomputed from x with the apply pass's own arithmetic (one fused multiply-add,
+// so the same bits), instead of reading the ReLU's output back: one tensor read less per pass.
+struct FusedRelu {
+  const float* scale = nullptr;
+  const float* shift = nullptr;
+};
+
 // x, dy: [N, C, H, W], same layout; mean: [C]. Writes sum_dy[c] = sum(dy) and
-// sum_dy_xc[c] = sum(dy * (x - mean[c])) over each channel: [C] each. With relu_out (the output of a
-// ReLU fused into the batch norm, same shape and layout), dy is first zeroed where relu_out is not
-// positive, as the ReLU's backward would, without a pass of its own.
+// sum_dy_xc[c] = sum(dy * (x - mean[c])) over each channel: [C] each. relu: see FusedRelu.
 void batchnorm_grad_sums(const Tensor& x, const Tensor& dy, const float* mean, double* sum_dy,
-                         double* sum_dy_xc, std::vector<double>& partial, const Tensor* relu_out = nullptr);
+                         double* sum_dy_xc, std::vector<double>& partial, const FusedRelu* relu = nullptr);
 
 // x, dy, dx: [N, C, H, W] (dx takes x's layout); a, b, d: [C].  dx = a[c]*dy + b[c]*x + d[c], the form
-// the batch-norm input gradient takes once its per-channel sums are known.
-// relu_out: as for batchnorm_grad_sums.
+// the batch-norm input gradient takes once its per-channel sums are known. relu: see FusedRelu.
 void batchnorm_bp_apply(const Tensor& x, const Tensor& dy, const float* a, const float* b, const float* d,
-                        Tensor& dx, const Tensor* relu_out = nullptr);
+                        Tensor& dx, const FusedRelu* relu = nullptr);
 
 }  // namespace trainer

@@ -113,25 +113,33 @@ void BatchNorm2d::ff(const std::vector<const Tensor*>& xs, Tensor& y, bool train
   }
   input_sums_ = nullptr;
   batchnorm_apply(x, coef_a_.data(), coef_b_.data(), y, fused_relu_);
+  if (fused_relu_) relu_scale_ = coef_a_, relu_shift_ = coef_b_;  // bp overwrites the coefficients
 }
 
-void BatchNorm2d::grad_sums(const Tensor& x, const Tensor& y, const Tensor& dy) {
+const FusedRelu* BatchNorm2d::fused_relu_mask() {
+  if (!fused_relu_) return nullptr;
+  TRAINER_CHECK(relu_scale_.size() == static_cast<size_t>(channels_),
+                "batchnorm2d '{}': backward through its fused ReLU without its ff", name());
+  relu_mask_ = {relu_scale_.data(), relu_shift_.data()};
+  return &relu_mask_;
+}
+
+void BatchNorm2d::grad_sums(const Tensor& x, const Tensor& dy) {
   TRAINER_CHECK(dy.shape() == x.shape() && dy.layout() == x.layout(),
                 "batchnorm2d '{}': gradient {} ({}) does not match input {} ({})", name(),
                 shape_str(dy.shape()), layout_name(dy.layout()), shape_str(x.shape()),
                 layout_name(x.layout()));
   TRAINER_CHECK(count_ == x.dim(0) * x.dim(2) * x.dim(3),
                 "batchnorm2d '{}': backward for input {} without its ff", name(), shape_str(x.shape()));
-  batchnorm_grad_sums(x, dy, mean_.data(), sum_dy_.data(), sum_dy_xhat_.data(), partial_,
-                      fused_relu_ ? &y : nullptr);
+  batchnorm_grad_sums(x, dy, mean_.data(), sum_dy_.data(), sum_dy_xhat_.data(), partial_, fused_relu_mask());
   for (int64_t c = 0; c < channels_; ++c) sum_dy_xhat_[c] *= invstd_[c];
   sums_of_ = dy.data();
 }
 
-void BatchNorm2d::wg(const std::vector<const Tensor*>& xs, const Tensor& y, const Tensor& dy) {
+void BatchNorm2d::wg(const std::vector<const Tensor*>& xs, const Tensor& /*y*/, const Tensor& dy) {
   TRAINER_CHECK(xs.size() == 1 && xs[0], "batchnorm2d '{}': needs one input", name());
   check_input(*xs[0]);
-  grad_sums(*xs[0], y, dy);
+  grad_sums(*xs[0], dy);
   float* dgamma = gamma_.grad.data();
   float* dbeta = beta_.grad.data();
   for (int64_t c = 0; c < channels_; ++c) {
@@ -140,14 +148,14 @@ void BatchNorm2d::wg(const std::vector<const Tensor*>& xs, const Tensor& y, cons
   }
 }
 
-void BatchNorm2d::bp(const std::vector<const Tensor*>& xs, const Tensor& y, const Tensor& dy,
+void BatchNorm2d::bp(const std::vector<const Tensor*>& xs, const Tensor& /*y*/, const Tensor& dy,
                      const std::vector<Tensor*>& dx) {
   TRAINER_CHECK(xs.size() == 1 && xs[0] && dx.size() == 1, "batchnorm2d '{}': needs one input", name());
   if (!dx[0]) return;
   const Tensor& x = *xs[0];
   check_input(x);
   // wg's sums are reused only for the very dy they were taken over; a later bp recomputes them.
-  if (training_ && sums_of_ != dy.data()) grad_sums(x, y, dy);
+  if (training_ && sums_of_ != dy.data()) grad_sums(x, dy);
   sums_of_ = nullptr;
   const float* gamma = gamma_.value.data();
   const double M = static_cast<double>(count_);
@@ -168,7 +176,7 @@ void BatchNorm2d::bp(const std::vector<const Tensor*>& xs, const Tensor& y, cons
       coef_d_[c] = 0.0f;
     }
   }
-  batchnorm_bp_apply(x, dy, coef_a_.data(), coef_b_.data(), coef_d_.data(), *dx[0], fused_relu_ ? &y : nullptr);
+  batchnorm_bp_apply(x, dy, coef_a_.data(), coef_b_.data(), coef_d_.data(), *dx[0], fused_relu_mask());
 }
 
 }  // namespace trainer

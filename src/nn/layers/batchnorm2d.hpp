@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "kernels/batchnorm.hpp"
 #include "nn/layer.hpp"
 
 namespace trainer {
@@ -38,7 +39,10 @@ class BatchNorm2d : public Layer {
  private:
   void check_input(const Tensor& x) const;
   // y: this layer's output (the mask of a fused ReLU).
-  void grad_sums(const Tensor& x, const Tensor& y, const Tensor& dy);
+  void grad_sums(const Tensor& x, const Tensor& dy);
+  // The fused ReLU's mask for the backward kernels (null without one).
+  const FusedRelu* fused_relu_mask();
+  FusedRelu relu_mask_;
 
   int64_t channels_;
   double momentum_, eps_;
@@ -57,6 +61,7 @@ class BatchNorm2d : public Layer {
   // Scratch: per-channel coefficients and the kernels' partial sums.
   std::vector<double> stat_a_, stat_b_, partial_;
   std::vector<float> coef_a_, coef_b_, coef_d_;
+  std::vector<float> relu_scale_, relu_shift_;  // the last ff's scale and shift, for a fused ReLU's mask
 };
 
 }  // namespace trainer
