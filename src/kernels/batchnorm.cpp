@@ -62,7 +62,7 @@ Geometry geometry(const Tensor& x, const char* what) {
 }
 
 void check_same(const Tensor& a, const Tensor& b, const char* what) {
-  TRAINER_CHECK(a.shape() == b.shape() && a.layout() == b.layout(), "{}: x is {} ({}) but dy is {} ({})",
+  TRAINER_CHECK(a.shape() == b.shape() && a.layout() == b.layout(), "{}: x is {} ({}) but the other operand is {} ({})",
                 what, shape_str(a.shape()), layout_name(a.layout()), shape_str(b.shape()),
                 layout_name(b.layout()));
 }
@@ -204,8 +204,8 @@ namespace {
 // v, or 0 where it is not positive (as relu_ff: NaN and -0 give 0).
 inline float relu(float v) { return v > 0.0f ? v : 0.0f; }
 
-template <bool kRelu>
-void apply_impl(const Tensor& x, const float* scale, const float* shift, Tensor& y) {
+template <bool kRelu, bool kAdd>
+void apply_impl(const Tensor& x, const float* scale, const float* shift, const float* pr, Tensor& y) {
   const Geometry g = geometry(x, "batchnorm apply");
   y.resize(x.shape(), x.layout());
   const float* px = x.data();
@@ -215,10 +215,12 @@ void apply_impl(const Tensor& x, const float* scale, const float* shift, Tensor&
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const float a = scale[g.channel(grp)], b = shift[g.channel(grp)];
       const float* __restrict p = px + grp * g.run;
+      const float* __restrict r = kAdd ? pr + grp * g.run : nullptr;
       float* __restrict q = py + grp * g.run;
 #pragma omp simd
       for (int64_t i = 0; i < g.run; ++i) {
-        const float v = std::fma(a, p[i], b);  // FusedRelu recomputes exactly this
+        float v = std::fma(a, p[i], b);  // FusedRelu recomputes exactly this
+        if constexpr (kAdd) v += r[i];
         q[i] = kRelu ? relu(v) : v;
       }
       zero_padding_images(g, grp, q);
@@ -230,11 +232,13 @@ void apply_impl(const Tensor& x, const float* scale, const float* shift, Tensor&
       load_lanes(scale, g.C, grp % g.CB, a);
       load_lanes(shift, g.C, grp % g.CB, b);
       const float* __restrict p = px + grp * g.run;
+      const float* __restrict r = kAdd ? pr + grp * g.run : nullptr;
       float* __restrict q = py + grp * g.run;
       for (int64_t i = 0; i < g.HW; ++i) {
 #pragma omp simd
         for (int64_t l = 0; l < kLanes; ++l) {
-          const float v = std::fma(a[l], p[i * kLanes + l], b[l]);
+          float v = std::fma(a[l], p[i * kLanes + l], b[l]);
+          if constexpr (kAdd) v += r[i * kLanes + l];
           q[i * kLanes + l] = kRelu ? relu(v) : v;
         }
       }
@@ -246,9 +250,19 @@ void apply_impl(const Tensor& x, const float* scale, const float* shift, Tensor&
 
 void batchnorm_apply(const Tensor& x, const float* scale, const float* shift, Tensor& y, bool relu_after) {
   if (relu_after)
-    apply_impl<true>(x, scale, shift, y);
+    apply_impl<true, false>(x, scale, shift, nullptr, y);
   else
-    apply_impl<false>(x, scale, shift, y);
+    apply_impl<false, false>(x, scale, shift, nullptr, y);
+}
+
+void batchnorm_apply_add(const Tensor& x, const float* scale, const float* shift, const Tensor& r, Tensor& y,
+                         bool relu_after) {
+  check_same(x, r, "batchnorm apply + add (residual)");
+  TRAINER_CHECK(&r != &y && &x != &y, "batchnorm apply + add: the output may not alias an input");
+  if (relu_after)
+    apply_impl<true, true>(x, scale, shift, r.data(), y);
+  else
+    apply_impl<false, true>(x, scale, shift, r.data(), y);
 }
 
 namespace {

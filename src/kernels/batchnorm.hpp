@@ -22,6 +22,12 @@ void batchnorm_stats(const Tensor& x, double* mean, double* var, std::vector<dou
 void batchnorm_apply(const Tensor& x, const float* scale, const float* shift, Tensor& y,
                      bool relu_after = false);
 
+// The same, plus a residual r (x's shape and layout) in the same pass: y = fma(scale[c], x, shift[c]) + r,
+// then max(0, y) with relu_after. A batch norm whose only reader is a residual add (and the ReLU fused
+// into the add): the normalised tensor is never written, and the numbers are those of the two passes.
+void batchnorm_apply_add(const Tensor& x, const float* scale, const float* shift, const Tensor& r, Tensor& y,
+                         bool relu_after = false);
+
 // A ReLU fused into the batch norm, for the backward passes: the scale and shift [C] its forward
 // applied. dy then counts only where scale[c]*x + shift[c] was positive, as the ReLU's backward would
 // have it. The mask is recomputed from x with the apply pass's own arithmetic (one fused multiply-add,

@@ -116,10 +116,41 @@ int Graph::fuse_relus() {
   return fused;
 }
 
+int Graph::fuse_affine_adds() {
+  std::vector<int> readers(nodes_.size(), 0);
+  for (const Node& n : nodes_)
+    for (int j : n.inputs)
+      if (j != kInput) ++readers[j];
+  int fused = 0;
+  for (int i = 0; i <= last(); ++i) {
+    Node& n = nodes_[i];
+    if (n.fused_into >= 0 || n.affine_input >= 0 || !n.layer->can_take_affine_input() || n.inputs.size() != 2)
+      continue;
+    for (int k = 0; k < 2; ++k) {
+      const int j = n.inputs[k];
+      if (j == kInput || j == n.inputs[1 - k] || readers[j] != 1 || nodes_[j].affine_reader >= 0 ||
+          !nodes_[j].layer->can_defer_affine() || nodes_[j].inputs.size() != 1)
+        continue;
+      nodes_[j].affine_reader = i;
+      n.affine_input = k;
+      ++fused;
+      break;
+    }
+  }
+  return fused;
+}
+
 std::vector<const Tensor*> Graph::inputs_ptrs(const Node& n) const {
   std::vector<const Tensor*> xs;
   xs.reserve(n.inputs.size());
-  for (int j : n.inputs) xs.push_back(j == kInput ? input_ : &nodes_[j].y);
+  for (int j : n.inputs) {
+    if (j != kInput && nodes_[j].deferred) {
+      const int src = nodes_[j].inputs[0];
+      xs.push_back(src == kInput ? input_ : &nodes_[src].y);
+    } else {
+      xs.push_back(j == kInput ? input_ : &nodes_[j].y);
+    }
+  }
   return xs;
 }
 
@@ -138,8 +169,18 @@ const Tensor& Graph::forward(const Tensor& x, bool training, OpStream* ops) {
     if (!m) m = map_of(j == kInput ? *input_ : nodes_[j].y);
     return m;
   };
+  // Deferred batch norms write their output anyway where maps are captured (see fuse_affine_adds).
+  const bool defer = !ops || ops->nonzero_capture() == NonzeroCapture::none;
   for (size_t i = 0; i < nodes_.size(); ++i) {
     Node& n = nodes_[i];
+    n.deferred = defer && n.affine_reader >= 0;
+    n.layer->set_defer_affine(n.deferred);
+    if (n.affine_input >= 0) {
+      const Node& bn = nodes_[n.inputs[n.affine_input]];
+      AffineInput a;
+      if (bn.deferred) a = bn.layer->affine_output(), a.input = n.affine_input;
+      n.layer->set_affine_input(a);
+    }
     auto xs = inputs_ptrs(n);
     if (n.fused_into >= 0) {  // its producer applied it
       if (ops) ops->record(fused_relu_op(static_cast<int>(i), Phase::ff));
@@ -150,7 +191,7 @@ const Tensor& Graph::forward(const Tensor& x, bool training, OpStream* ops) {
     const uint64_t t0 = now_ns();
     n.layer->ff(xs, n.y, training);
     if (ops) {
-      Op op = n.layer->describe(Phase::ff, xs, n.y);
+      Op op = n.layer->describe(Phase::ff, xs, recorded_y(n, xs));
       op.time_ns = now_ns() - t0;
       if (op.executed_macs + op.skipped() == 0) op.executed_macs = op.dense_macs;
       op.layer = static_cast<int32_t>(i);
@@ -204,7 +245,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
     std::shared_ptr<const Bitmap> dy_map;  // this node's dy is final now; its wg and bp share one map
     auto record = [&](Phase phase, uint64_t t0) {
       if (!ops) return;
-      Op op = n.layer->describe(phase, xs, n.y);
+      Op op = n.layer->describe(phase, xs, recorded_y(n, xs));
       op.time_ns = now_ns() - t0;
       if (op.executed_macs + op.skipped() == 0) op.executed_macs = op.dense_macs;
       op.layer = i;

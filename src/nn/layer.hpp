@@ -56,6 +56,14 @@ struct ChannelSums {
   int64_t count = 0;              // values per channel (N * H * W)
 };
 
+// A per-channel affine map fma(scale[c], x, shift[c]) that a layer left to the reader of its output
+// (see Layer::can_defer_affine).
+struct AffineInput {
+  int input = -1;  // which input of the reader it applies to (-1: none)
+  const float* scale = nullptr;
+  const float* shift = nullptr;
+};
+
 class Layer {
  public:
   explicit Layer(std::string name) : name_(std::move(name)) {}
@@ -109,6 +117,18 @@ class Layer {
   // and let a second input read the first one's copy (see Graph::backward); bp leaves a null dx alone.
   virtual bool same_dx_for_inputs() const { return false; }
 
+  // Deferred affine outputs (Graph::fuse_affine_adds). A layer whose output is a per-channel
+  // fma(scale[c], x, shift[c]) of its input (a batch norm without a fused ReLU) can_defer_affine: with
+  // set_defer_affine(true) its ff computes scale and shift (affine_output) but writes no output, and
+  // its wg and bp do not read it. Its only reader, a layer that can_take_affine_input (an add), is
+  // then given the producer's input and set_affine_input, and applies the map in its own pass. One
+  // tensor written and read back less, the same numbers.
+  virtual bool can_defer_affine() const { return false; }
+  void set_defer_affine(bool on) { defer_affine_ = on; }
+  virtual AffineInput affine_output() const { return {}; }
+  virtual bool can_take_affine_input() const { return false; }
+  void set_affine_input(AffineInput a) { affine_input_ = a; }
+
   // The Op record of a phase, for the shapes of the last ff: shapes, stride/pad, dense MACs.
   // The graph fills in layer index, name and time.
   virtual Op describe(Phase phase, const std::vector<const Tensor*>& x, const Tensor& y) const;
@@ -116,6 +136,8 @@ class Layer {
  protected:
   bool fused_relu_ = false;
   bool accumulate_dx_ = false;
+  bool defer_affine_ = false;
+  AffineInput affine_input_;
 
  private:
   std::string name_;

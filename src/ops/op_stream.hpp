@@ -37,6 +37,7 @@ class OpStream {
  public:
   // Which records the engine attaches operand nonzero maps to (see NonzeroCapture).
   void capture_nonzeros(NonzeroCapture c) { capture_ = c; }
+  NonzeroCapture nonzero_capture() const { return capture_; }
   // Whether an Op of this kind gets maps under the current setting.
   bool captures_nonzeros_of(const std::string& kind) const {
     return capture_ == NonzeroCapture::all ||

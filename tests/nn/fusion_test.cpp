@@ -3,6 +3,7 @@
 // every activation layout, and still records one Op per layer and phase, in the same order.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -20,15 +21,19 @@ struct StepResult {
   std::vector<Tensor> grads, buffers;
   std::vector<std::string> ops;  // "layer phase", in record order
   std::vector<bool> fused_ops;   // kernel "fused"
+  int maps = 0;                  // records with an input map
 };
 
-StepResult train_step(bool fuse, Layout layout, int* fused = nullptr) {
+StepResult train_step(bool fuse, Layout layout, int* fused = nullptr, int* affine = nullptr,
+                      NonzeroCapture capture = NonzeroCapture::none) {
   auto g = build_model("resnet8", {1, 12, 12}, 10);
   Rng init(3);
   g->init(init, InitScheme::kaiming);
   if (fuse) {
     const int n = g->fuse_relus();
     if (fused) *fused = n;
+    const int a = g->fuse_affine_adds();
+    if (affine) *affine = a;
   }
   g->set_input_layout(layout);
   const int64_t N = 20;  // not a multiple of 16: the last image block of NCHW16n is padded
@@ -36,6 +41,7 @@ StepResult train_step(bool fuse, Layout layout, int* fused = nullptr) {
   Rng data(5);
   for (int64_t i = 0; i < x.numel(); ++i) x.data()[i] = static_cast<float>(data.uniform() * 2.0 - 0.5);
   OpStream ops;
+  ops.capture_nonzeros(capture);
   ops.begin_step();
   StepResult r;
   for (int rep = 0; rep < 2; ++rep) {  // two steps: the second reuses every buffer
@@ -47,8 +53,12 @@ StepResult train_step(bool fuse, Layout layout, int* fused = nullptr) {
   for (Param* p : g->params()) r.grads.push_back(p->grad.to_layout(Layout::plain));
   for (const Buffer& b : g->buffers()) r.buffers.push_back(b.tensor->to_layout(Layout::plain));
   for (const Op& op : ops.step_ops()) {
-    r.ops.push_back(op.layer_name + " " + phase_name(op.phase));
+    auto dims = [](const std::array<int64_t, 4>& d) {
+      return std::to_string(d[0]) + "x" + std::to_string(d[1]) + "x" + std::to_string(d[2]) + "x" + std::to_string(d[3]);
+    };
+    r.ops.push_back(op.layer_name + " " + phase_name(op.phase) + " x" + dims(op.x_shape) + " y" + dims(op.y_shape));
     r.fused_ops.push_back(op.kernel == "fused");
+    r.maps += op.x_nz != nullptr;
   }
   return r;
 }
@@ -60,12 +70,14 @@ void expect_identical(const Tensor& a, const Tensor& b, const std::string& what)
 
 }  // namespace
 
+// ReLU fusion and adds applying their batch norm (Graph::fuse_affine_adds) together.
 TEST(ReluFusion, SameNumbersAndOpsAsUnfused) {
   for (Layout layout : {Layout::plain, Layout::nChw16c, Layout::NCHW16n}) {
     SCOPED_TRACE(layout_name(layout));
-    int fused = 0;
-    const StepResult a = train_step(false, layout), b = train_step(true, layout, &fused);
+    int fused = 0, affine = 0;
+    const StepResult a = train_step(false, layout), b = train_step(true, layout, &fused, &affine);
     EXPECT_EQ(fused, 7);  // resnet8: the stem's, and two per block (after bn1, after the add)
+    EXPECT_EQ(affine, 3);  // each block's add applies its branch's last batch norm
     expect_identical(a.out, b.out, "logits");
     ASSERT_EQ(a.grads.size(), b.grads.size());
     for (size_t i = 0; i < a.grads.size(); ++i) expect_identical(a.grads[i], b.grads[i], "grad " + std::to_string(i));
@@ -83,5 +95,25 @@ TEST(ReluFusion, SameNumbersAndOpsAsUnfused) {
       marked += b.fused_ops[i];
     }
     EXPECT_EQ(marked, 2 * 2 * fused);  // ff and bp of each fused ReLU, over two steps
+  }
+}
+
+// When maps are captured, the batch norms feeding adds write their outputs after all (every map stays
+// exact): the same numbers and records, now with maps.
+TEST(ReluFusion, CapturingStepsStillWriteTheNormalisedTensor) {
+  for (Layout layout : {Layout::plain, Layout::NCHW16n}) {
+    SCOPED_TRACE(layout_name(layout));
+    const StepResult a = train_step(false, layout, nullptr, nullptr, NonzeroCapture::all);
+    const StepResult b = train_step(true, layout, nullptr, nullptr, NonzeroCapture::all);
+    const StepResult c = train_step(true, layout);
+    ASSERT_EQ(a.grads.size(), b.grads.size());
+    for (size_t i = 0; i < a.grads.size(); ++i) {
+      expect_identical(a.grads[i], b.grads[i], "grad " + std::to_string(i));
+      expect_identical(a.grads[i], c.grads[i], "grad (deferred) " + std::to_string(i));
+    }
+    EXPECT_EQ(a.ops, b.ops);
+    EXPECT_EQ(b.ops, c.ops);
+    EXPECT_GT(b.maps, 0);
+    EXPECT_EQ(c.maps, 0);
   }
 }

@@ -2,6 +2,7 @@
 
 #include "core/error.hpp"
 #include "kernels/activation.hpp"
+#include "kernels/batchnorm.hpp"
 #include "kernels/eltwise.hpp"
 #include "kernels/norm_pool_ref.hpp"
 #include "kernels/pool.hpp"
@@ -133,6 +134,12 @@ void Add::ff(const std::vector<const Tensor*>& x, Tensor& y, bool /*training*/) 
   infer_shape({x[0]->shape(), x[1]->shape()});
   TRAINER_CHECK(x[0]->layout() == x[1]->layout(), "add '{}': inputs have different layouts {} and {}", name(),
                 layout_name(x[0]->layout()), layout_name(x[1]->layout()));
+  const AffineInput& a = affine_input_;
+  if (a.input >= 0) {  // input a.input is a batch norm's input: normalise, add and (ReLU) in one pass
+    TRAINER_CHECK(a.input < 2 && a.scale && a.shift, "add '{}': bad affine input {}", name(), a.input);
+    batchnorm_apply_add(*x[a.input], a.scale, a.shift, *x[1 - a.input], y, fused_relu_);
+    return;
+  }
   add(*x[0], *x[1], y, fused_relu_);
 }
 

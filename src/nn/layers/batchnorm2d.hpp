@@ -26,6 +26,8 @@ class BatchNorm2d : public Layer {
   void bp(const std::vector<const Tensor*>& x, const Tensor& y, const Tensor& dy,
           const std::vector<Tensor*>& dx) override;
 
+  bool can_defer_affine() const override { return !fused_relu_; }
+  AffineInput affine_output() const override { return {0, coef_a_.data(), coef_b_.data()}; }
   std::vector<Param*> params() override { return {&gamma_, &beta_}; }
   std::vector<Buffer> buffers() override;
   void set_input_sums(const ChannelSums* sums) override { input_sums_ = sums; }
