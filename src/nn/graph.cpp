@@ -37,7 +37,9 @@ void attach_nonzeros(Op& op, Layer& layer, const std::shared_ptr<const Bitmap>& 
 
 Op Graph::fused_relu_op(int i, Phase phase) const {
   const Node& n = nodes_[i];
-  const Tensor& y = nodes_[n.fused_into].y;  // the ReLU's output (its input has the same shape)
+  // The ReLU's output (its input has the same shape); a deferred producer's input when it wrote none.
+  const Node& p = nodes_[n.fused_into];
+  const Tensor& y = p.deferred ? (p.inputs[0] == kInput ? *input_ : nodes_[p.inputs[0]].y) : p.y;
   Op op = n.layer->describe(phase, {&y}, y);
   op.layer = i;
   op.layer_name = n.layer->name();
@@ -116,20 +118,21 @@ int Graph::fuse_relus() {
   return fused;
 }
 
-int Graph::fuse_affine_adds() {
-  std::vector<int> readers(nodes_.size(), 0);
+int Graph::fuse_affine_inputs() {
+  std::vector<int> readers(nodes_.size(), 0);  // a fused ReLU's readers read its producer
   for (const Node& n : nodes_)
-    for (int j : n.inputs)
-      if (j != kInput) ++readers[j];
+    if (n.fused_into < 0)
+      for (int j : n.inputs)
+        if (j != kInput) ++readers[j];
   int fused = 0;
   for (int i = 0; i <= last(); ++i) {
     Node& n = nodes_[i];
-    if (n.fused_into >= 0 || n.affine_input >= 0 || !n.layer->can_take_affine_input() || n.inputs.size() != 2)
-      continue;
-    for (int k = 0; k < 2; ++k) {
+    if (n.fused_into >= 0 || n.affine_input >= 0) continue;
+    const int ni = static_cast<int>(n.inputs.size());
+    for (int k = 0; k < ni; ++k) {
       const int j = n.inputs[k];
-      if (j == kInput || j == n.inputs[1 - k] || readers[j] != 1 || nodes_[j].affine_reader >= 0 ||
-          !nodes_[j].layer->can_defer_affine() || nodes_[j].inputs.size() != 1)
+      if (j == kInput || readers[j] != 1 || nodes_[j].affine_reader >= 0 || !nodes_[j].layer->can_defer_affine() ||
+          nodes_[j].inputs.size() != 1 || !n.layer->can_take_affine_input(nodes_[j].layer->fused_relu()))
         continue;
       nodes_[j].affine_reader = i;
       n.affine_input = k;
@@ -169,7 +172,7 @@ const Tensor& Graph::forward(const Tensor& x, bool training, OpStream* ops) {
     if (!m) m = map_of(j == kInput ? *input_ : nodes_[j].y);
     return m;
   };
-  // Deferred batch norms write their output anyway where maps are captured (see fuse_affine_adds).
+  // Deferred batch norms write their output anyway where maps are captured (see fuse_affine_inputs).
   const bool defer = !ops || ops->nonzero_capture() == NonzeroCapture::none;
   for (size_t i = 0; i < nodes_.size(); ++i) {
     Node& n = nodes_[i];

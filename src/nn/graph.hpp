@@ -38,12 +38,13 @@ class Graph {
   // The numbers are those of the unfused graph. Returns the number of ReLUs fused.
   int fuse_relus();
 
-  // Lets each residual add apply the batch norm feeding it (Layer::can_defer_affine: a batch norm
-  // without a fused ReLU whose only reader is the add): the normalised tensor is then never written,
-  // and the add reads the batch norm's input instead. At most one input per add. Forward passes that
-  // capture nonzero maps (ops with a capture setting) still write it, so that every map is exact.
-  // The numbers are those of the unfused graph. Call after fuse_relus; returns the adds affected.
-  int fuse_affine_adds();
+  // Lets the only reader of a batch norm apply it (Layer::can_defer_affine): a residual add (batch norm
+  // without a fused ReLU) in its own pass, a convolution (with or without) in its kernels' prologue. The
+  // normalised tensor is then never written; the reader reads the batch norm's input instead. Forward
+  // passes that capture nonzero maps (ops with a capture setting) still write it, so that every map is
+  // exact. The numbers are those of the unfused graph. Call after fuse_relus; returns the batch norms
+  // affected.
+  int fuse_affine_inputs();
 
   // x: [N, C, H, W]. Returns the last node's output (valid until the next forward).
   const Tensor& forward(const Tensor& x, bool training, OpStream* ops = nullptr);
@@ -76,8 +77,8 @@ class Graph {
     bool dy_set = false;
     int fused_into = -1;  // a ReLU fused into this node (see fuse_relus)
     int dy_shared = -1;   // during backward: this node's dy is node dy_shared's (see backward)
-    int affine_reader = -1;  // the add that applies this batch norm (see fuse_affine_adds)
-    int affine_input = -1;   // an add: which input's batch norm it applies
+    int affine_reader = -1;  // the layer that applies this batch norm (see fuse_affine_inputs)
+    int affine_input = -1;   // which input's batch norm this layer applies
     bool deferred = false;   // this forward: y was not written, its reader applied the map
     std::shared_ptr<const Bitmap> dy_nz;  // map of dy in this backward, when a fused ReLU built it first
     std::shared_ptr<const Bitmap> x_nz, w_nz;  // operand maps of the last ff, when captured

@@ -56,12 +56,13 @@ struct ChannelSums {
   int64_t count = 0;              // values per channel (N * H * W)
 };
 
-// A per-channel affine map fma(scale[c], x, shift[c]) that a layer left to the reader of its output
-// (see Layer::can_defer_affine).
+// A per-channel affine map fma(scale[c], x, shift[c]), then max(0, ·) with relu, that a layer left to
+// the reader of its output (see Layer::can_defer_affine).
 struct AffineInput {
   int input = -1;  // which input of the reader it applies to (-1: none)
   const float* scale = nullptr;
   const float* shift = nullptr;
+  bool relu = false;
 };
 
 class Layer {
@@ -117,16 +118,17 @@ class Layer {
   // and let a second input read the first one's copy (see Graph::backward); bp leaves a null dx alone.
   virtual bool same_dx_for_inputs() const { return false; }
 
-  // Deferred affine outputs (Graph::fuse_affine_adds). A layer whose output is a per-channel
-  // fma(scale[c], x, shift[c]) of its input (a batch norm without a fused ReLU) can_defer_affine: with
-  // set_defer_affine(true) its ff computes scale and shift (affine_output) but writes no output, and
-  // its wg and bp do not read it. Its only reader, a layer that can_take_affine_input (an add), is
-  // then given the producer's input and set_affine_input, and applies the map in its own pass. One
-  // tensor written and read back less, the same numbers.
+  // Deferred affine outputs (Graph::fuse_affine_inputs). A layer whose output is a per-channel
+  // fma(scale[c], x, shift[c]) of its input, ReLU'd if one is fused (a batch norm), can_defer_affine:
+  // with set_defer_affine(true) its ff computes scale and shift (affine_output, valid until its next
+  // ff) but writes no output, and its wg and bp do not read it. Its only reader, a layer that
+  // can_take_affine_input (an add without the ReLU; a convolution, in its kernels' prologue), is then
+  // given the producer's input and set_affine_input, and applies the map as it reads. One tensor
+  // written and read back less, the same numbers.
   virtual bool can_defer_affine() const { return false; }
   void set_defer_affine(bool on) { defer_affine_ = on; }
   virtual AffineInput affine_output() const { return {}; }
-  virtual bool can_take_affine_input() const { return false; }
+  virtual bool can_take_affine_input(bool /*relu*/) const { return false; }
   void set_affine_input(AffineInput a) { affine_input_ = a; }
 
   // The Op record of a phase, for the shapes of the last ff: shapes, stride/pad, dense MACs.

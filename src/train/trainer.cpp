@@ -259,9 +259,9 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
 
   std::unique_ptr<Graph> graph = build_model(cfg.model, image, classes, ModelOptions{cfg.width});
   // ReLUs after a batch norm or an add run inside it (one pass over memory less each way, same numbers),
-  // and a residual add applies the batch norm feeding it (one tensor written and read back less).
+  // and a batch norm's only reader applies it (one tensor written and read back less).
   graph->fuse_relus();
-  graph->fuse_affine_adds();
+  graph->fuse_affine_inputs();
   // Sparse training: the network runs in the sparse kernels' layout (NCHW16n) end to end unless the run
   // asked for oneDNN only.
   const bool pruned_run = cfg.prune != "none";

@@ -6,9 +6,11 @@
 #include <array>
 #include <cmath>
 #include <string>
+#include <cstdint>
 #include <vector>
 
 #include "core/rng.hpp"
+#include "nn/layers/conv2d.hpp"
 #include "nn/models.hpp"
 #include "ops/op_stream.hpp"
 
@@ -24,15 +26,38 @@ struct StepResult {
   int maps = 0;                  // records with an input map
 };
 
+// Half the weights of every conv pruned, run on the sparse kernels (NCHW16n): their prologue then
+// applies the deferred batch norms.
+struct SparseSetup {
+  std::vector<std::vector<uint8_t>> masks;
+  SparsityContext ctx;
+};
+
 StepResult train_step(bool fuse, Layout layout, int* fused = nullptr, int* affine = nullptr,
-                      NonzeroCapture capture = NonzeroCapture::none) {
+                      NonzeroCapture capture = NonzeroCapture::none, SparseSetup* sparse = nullptr) {
   auto g = build_model("resnet8", {1, 12, 12}, 10);
   Rng init(3);
   g->init(init, InitScheme::kaiming);
+  if (sparse) {
+    sparse->ctx.mode = KernelMode::sparse;
+    sparse->masks.clear();
+    sparse->masks.reserve(g->size());
+    Rng pick(11);
+    for (size_t i = 0; i < g->size(); ++i)
+      if (auto* conv = dynamic_cast<Conv2d*>(&g->layer(static_cast<int>(i)))) {
+        Param* w = conv->params()[0];
+        std::vector<uint8_t> keep(static_cast<size_t>(w->value.numel()));
+        for (auto& k : keep) k = pick.uniform() < 0.5 ? 1 : 0;
+        for (int64_t e = 0; e < w->value.numel(); ++e)
+          if (!keep[static_cast<size_t>(e)]) w->value.data()[e] = 0.0f;
+        sparse->masks.push_back(std::move(keep));
+        conv->set_sparsity(sparse->masks.back().data(), &sparse->ctx);
+      }
+  }
   if (fuse) {
     const int n = g->fuse_relus();
     if (fused) *fused = n;
-    const int a = g->fuse_affine_adds();
+    const int a = g->fuse_affine_inputs();
     if (affine) *affine = a;
   }
   g->set_input_layout(layout);
@@ -70,14 +95,15 @@ void expect_identical(const Tensor& a, const Tensor& b, const std::string& what)
 
 }  // namespace
 
-// ReLU fusion and adds applying their batch norm (Graph::fuse_affine_adds) together.
+// ReLU fusion and batch norms applied by their readers (Graph::fuse_affine_inputs) together.
 TEST(ReluFusion, SameNumbersAndOpsAsUnfused) {
   for (Layout layout : {Layout::plain, Layout::nChw16c, Layout::NCHW16n}) {
     SCOPED_TRACE(layout_name(layout));
     int fused = 0, affine = 0;
     const StepResult a = train_step(false, layout), b = train_step(true, layout, &fused, &affine);
     EXPECT_EQ(fused, 7);  // resnet8: the stem's, and two per block (after bn1, after the add)
-    EXPECT_EQ(affine, 3);  // each block's add applies its branch's last batch norm
+    // Each block's add applies its branch's last batch norm; its conv1, the batch norm (+ ReLU) before.
+    EXPECT_EQ(affine, 6);
     expect_identical(a.out, b.out, "logits");
     ASSERT_EQ(a.grads.size(), b.grads.size());
     for (size_t i = 0; i < a.grads.size(); ++i) expect_identical(a.grads[i], b.grads[i], "grad " + std::to_string(i));
@@ -116,4 +142,19 @@ TEST(ReluFusion, CapturingStepsStillWriteTheNormalisedTensor) {
     EXPECT_GT(b.maps, 0);
     EXPECT_EQ(c.maps, 0);
   }
+}
+
+// On the sparse kernels, the convolutions apply the batch norms before them in their prologue (ff and
+// wg): still the same bits as reading the written-out tensor.
+TEST(ReluFusion, SparseKernelPrologueGivesTheSameNumbers) {
+  SparseSetup sa, sb;
+  const StepResult a = train_step(false, Layout::NCHW16n, nullptr, nullptr, NonzeroCapture::none, &sa);
+  const StepResult b = train_step(true, Layout::NCHW16n, nullptr, nullptr, NonzeroCapture::none, &sb);
+  expect_identical(a.out, b.out, "logits");
+  ASSERT_EQ(a.grads.size(), b.grads.size());
+  for (size_t i = 0; i < a.grads.size(); ++i) expect_identical(a.grads[i], b.grads[i], "grad " + std::to_string(i));
+  ASSERT_EQ(a.buffers.size(), b.buffers.size());
+  for (size_t i = 0; i < a.buffers.size(); ++i)
+    expect_identical(a.buffers[i], b.buffers[i], "buffer " + std::to_string(i));
+  EXPECT_EQ(a.ops, b.ops);
 }

@@ -136,7 +136,7 @@ void Add::ff(const std::vector<const Tensor*>& x, Tensor& y, bool /*training*/) 
                 layout_name(x[0]->layout()), layout_name(x[1]->layout()));
   const AffineInput& a = affine_input_;
   if (a.input >= 0) {  // input a.input is a batch norm's input: normalise, add and (ReLU) in one pass
-    TRAINER_CHECK(a.input < 2 && a.scale && a.shift, "add '{}': bad affine input {}", name(), a.input);
+    TRAINER_CHECK(a.input < 2 && a.scale && a.shift && !a.relu, "add '{}': bad affine input {}", name(), a.input);
     batchnorm_apply_add(*x[a.input], a.scale, a.shift, *x[1 - a.input], y, fused_relu_);
     return;
   }

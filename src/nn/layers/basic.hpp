@@ -63,7 +63,7 @@ class Add : public Layer {
   int num_inputs() const override { return 2; }
   bool can_fuse_relu() const override { return true; }
   bool same_dx_for_inputs() const override { return true; }
-  bool can_take_affine_input() const override { return true; }
+  bool can_take_affine_input(bool relu) const override { return !relu; }
   Shape infer_shape(const std::vector<Shape>& in) const override;
   void ff(const std::vector<const Tensor*>& x, Tensor& y, bool training) override;
   void bp(const std::vector<const Tensor*>& x, const Tensor& y, const Tensor& dy,

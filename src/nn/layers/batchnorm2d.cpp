@@ -112,12 +112,9 @@ void BatchNorm2d::ff(const std::vector<const Tensor*>& xs, Tensor& y, bool train
     }
   }
   input_sums_ = nullptr;
-  if (defer_affine_) {  // the reader applies coef_a_, coef_b_ (affine_output); see Layer::can_defer_affine
-    TRAINER_CHECK(!fused_relu_, "batchnorm2d '{}': cannot defer its output with a fused ReLU", name());
-    return;
-  }
-  batchnorm_apply(x, coef_a_.data(), coef_b_.data(), y, fused_relu_);
   if (fused_relu_) relu_scale_ = coef_a_, relu_shift_ = coef_b_;  // bp overwrites the coefficients
+  if (defer_affine_) return;  // the reader applies them (affine_output; see Layer::can_defer_affine)
+  batchnorm_apply(x, coef_a_.data(), coef_b_.data(), y, fused_relu_);
 }
 
 const FusedRelu* BatchNorm2d::fused_relu_mask() {

@@ -26,8 +26,13 @@ class BatchNorm2d : public Layer {
   void bp(const std::vector<const Tensor*>& x, const Tensor& y, const Tensor& dy,
           const std::vector<Tensor*>& dx) override;
 
-  bool can_defer_affine() const override { return !fused_relu_; }
-  AffineInput affine_output() const override { return {0, coef_a_.data(), coef_b_.data()}; }
+  bool can_defer_affine() const override { return true; }
+  // With a fused ReLU, the copies its backward keeps (bp overwrites coef_a_, coef_b_; a convolution
+  // reading this batch norm applies them again in its wg, before this layer's bp).
+  AffineInput affine_output() const override {
+    if (fused_relu_) return {0, relu_scale_.data(), relu_shift_.data(), true};
+    return {0, coef_a_.data(), coef_b_.data(), false};
+  }
   std::vector<Param*> params() override { return {&gamma_, &beta_}; }
   std::vector<Buffer> buffers() override;
   void set_input_sums(const ChannelSums* sums) override { input_sums_ = sums; }

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/error.hpp"
+#include "kernels/batchnorm.hpp"
 #include "kernels/eltwise.hpp"
 
 namespace trainer {
@@ -100,6 +101,25 @@ void Conv2d::record(ConvPhase phase, ConvKernel k, const SparseCounters& c) {
   last_[static_cast<int>(phase)] = {k, c};
 }
 
+ConvPrologue Conv2d::prologue() const {
+  ConvPrologue p;
+  if (affine_input_.input == 0) {
+    p.scale = affine_input_.scale;
+    p.shift = affine_input_.shift;
+    p.relu = affine_input_.relu;
+  }
+  return p;
+}
+
+const Tensor& Conv2d::applied(const Tensor& in) {
+  if (affine_input_.input != 0) return in;
+  if (x_applied_of_ != in.data()) {  // once per step: wg reuses what ff wrote
+    batchnorm_apply(in, affine_input_.scale, affine_input_.shift, x_applied_, affine_input_.relu);
+    x_applied_of_ = in.data();
+  }
+  return x_applied_;
+}
+
 namespace {
 
 // What a dense kernel did: every multiply executed.
@@ -119,8 +139,9 @@ void Conv2d::ff(const std::vector<const Tensor*>& x, Tensor& y, bool /*training*
   const ConvGeom g = dnnl_.geom(in.shape());
   const Tensor* b = has_bias_ ? &bias_.value : nullptr;
   sums_valid_ = false;
+  x_applied_of_ = nullptr;  // a new step's input
   if (in.layout() != Layout::NCHW16n) {
-    dnnl_.ff(in, weight_.value, b, y);
+    dnnl_.ff(applied(in), weight_.value, b, y);
     record(ConvPhase::ff, ConvKernel::dense, dense_counters(g));
     return;
   }
@@ -133,11 +154,11 @@ void Conv2d::ff(const std::vector<const Tensor*>& x, Tensor& y, bool /*training*
     out_sumsq_.resize(static_cast<size_t>(K_));
     epi.sum = out_sum_.data();
     epi.sumsq = out_sumsq_.data();
-    record(ConvPhase::ff, k, sparse_conv_ff(in, sw_, y, scratch_ff_, {}, epi));
+    record(ConvPhase::ff, k, sparse_conv_ff(in, sw_, y, scratch_ff_, prologue(), epi));
     sums_ = {&y, out_sum_.data(), out_sumsq_.data(), g.N * g.P() * g.Q()};
     sums_valid_ = true;
   } else {
-    in.convert_to(Layout::nChw16c, xr_);
+    applied(in).convert_to(Layout::nChw16c, xr_);
     dnnl_.ff(xr_, weight_.value, b, yr_);
     yr_.convert_to(Layout::NCHW16n, y);
     record(ConvPhase::ff, k, dense_counters(g));
@@ -184,7 +205,7 @@ void Conv2d::wg(const std::vector<const Tensor*>& x, const Tensor& /*y*/, const 
   const ConvGeom g = dnnl_.geom(in.shape());
   Tensor* db = has_bias_ ? &bias_.grad : nullptr;
   if (in.layout() != Layout::NCHW16n) {
-    dnnl_.wg(in, dy, weight_.grad, db);
+    dnnl_.wg(applied(in), dy, weight_.grad, db);
     record(ConvPhase::wg, ConvKernel::dense, dense_counters(g));
     return;
   }
@@ -199,9 +220,9 @@ void Conv2d::wg(const std::vector<const Tensor*>& x, const Tensor& /*y*/, const 
   }
   const ConvKernel k = pick(ConvPhase::wg, g, structure->density());
   if (k == ConvKernel::sparse) {
-    record(ConvPhase::wg, k, sparse_conv_wg(in, dy, *structure, weight_.grad, db, scratch_wg_));
+    record(ConvPhase::wg, k, sparse_conv_wg(in, dy, *structure, weight_.grad, db, scratch_wg_, prologue()));
   } else {
-    in.convert_to(Layout::nChw16c, xr_);
+    applied(in).convert_to(Layout::nChw16c, xr_);
     dy.convert_to(dnnl_.y_layout(), dyr_);
     dnnl_.wg(xr_, dyr_, weight_.grad, db);
     record(ConvPhase::wg, k, dense_counters(g));

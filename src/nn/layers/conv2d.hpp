@@ -51,6 +51,9 @@ class Conv2d : public Layer {
 
   std::vector<Param*> params() override;
   bool can_accumulate_dx() const override { return true; }
+  // A deferred batch norm (+ ReLU) on the input: the sparse kernels apply it in their prologue as they
+  // read x (ff and wg; bp does not read x); the dense paths write the normalised input out first.
+  bool can_take_affine_input(bool /*relu*/) const override { return true; }
   // Set after an ff on the sparse kernels (their epilogue sums y per channel); null otherwise.
   const ChannelSums* output_sums() const override { return sums_valid_ ? &sums_ : nullptr; }
   Op describe(Phase phase, const std::vector<const Tensor*>& x, const Tensor& y) const override;
@@ -82,6 +85,9 @@ class Conv2d : public Layer {
   void refresh_sparse_weights();
   ConvKernel pick(ConvPhase phase, const ConvGeom& g, double density) const;
   void record(ConvPhase phase, ConvKernel k, const SparseCounters& c);
+  // The deferred batch norm on the input (see can_take_affine_input): as a kernel prologue, or applied.
+  ConvPrologue prologue() const;
+  const Tensor& applied(const Tensor& in);
 
   int64_t C_, K_, R_, stride_, pad_;
   bool has_bias_;
@@ -97,6 +103,8 @@ class Conv2d : public Layer {
   SparseConvScratch scratch_ff_, scratch_bp_, scratch_wg_;
   Tensor xr_, yr_, dyr_, dxr_;  // activations reordered for oneDNN (dense kernel on NCHW16n)
   Tensor dx_sum_;               // oneDNN's input gradient when it is to be added (accumulate_dx_)
+  Tensor x_applied_;            // the input with the deferred batch norm applied, for dense paths
+  const float* x_applied_of_ = nullptr;  // the input it was computed from, this step (null: none)
   struct Last {
     ConvKernel kernel = ConvKernel::dense;
     SparseCounters counters;
