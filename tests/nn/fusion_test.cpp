@@ -93,6 +93,16 @@ void expect_identical(const Tensor& a, const Tensor& b, const std::string& what)
   for (int64_t i = 0; i < a.numel(); ++i) ASSERT_EQ(a.data()[i], b.data()[i]) << what << " element " << i;
 }
 
+// Logits, every gradient and every batch-norm buffer, to the bit.
+void expect_same_numbers(const StepResult& a, const StepResult& b) {
+  expect_identical(a.out, b.out, "logits");
+  ASSERT_EQ(a.grads.size(), b.grads.size());
+  for (size_t i = 0; i < a.grads.size(); ++i) expect_identical(a.grads[i], b.grads[i], "grad " + std::to_string(i));
+  ASSERT_EQ(a.buffers.size(), b.buffers.size());
+  for (size_t i = 0; i < a.buffers.size(); ++i)
+    expect_identical(a.buffers[i], b.buffers[i], "buffer " + std::to_string(i));
+}
+
 }  // namespace
 
 // ReLU fusion and batch norms applied by their readers (Graph::fuse_affine_inputs) together.
@@ -104,12 +114,7 @@ TEST(ReluFusion, SameNumbersAndOpsAsUnfused) {
     EXPECT_EQ(fused, 7);  // resnet8: the stem's, and two per block (after bn1, after the add)
     // Each block's add applies its branch's last batch norm; its conv1, the batch norm (+ ReLU) before.
     EXPECT_EQ(affine, 6);
-    expect_identical(a.out, b.out, "logits");
-    ASSERT_EQ(a.grads.size(), b.grads.size());
-    for (size_t i = 0; i < a.grads.size(); ++i) expect_identical(a.grads[i], b.grads[i], "grad " + std::to_string(i));
-    ASSERT_EQ(a.buffers.size(), b.buffers.size());
-    for (size_t i = 0; i < a.buffers.size(); ++i)
-      expect_identical(a.buffers[i], b.buffers[i], "buffer " + std::to_string(i));
+    expect_same_numbers(a, b);
     // The same records in the same order; the fused ReLUs marked as such, and only they.
     ASSERT_EQ(a.ops, b.ops);
     int marked = 0;
@@ -124,19 +129,16 @@ TEST(ReluFusion, SameNumbersAndOpsAsUnfused) {
   }
 }
 
-// When maps are captured, the batch norms feeding adds write their outputs after all (every map stays
-// exact): the same numbers and records, now with maps.
+// When maps are captured, the batch norms applied by their readers write their outputs after all (every
+// map stays exact): the same numbers and records, now with maps.
 TEST(ReluFusion, CapturingStepsStillWriteTheNormalisedTensor) {
   for (Layout layout : {Layout::plain, Layout::NCHW16n}) {
     SCOPED_TRACE(layout_name(layout));
     const StepResult a = train_step(false, layout, nullptr, nullptr, NonzeroCapture::all);
     const StepResult b = train_step(true, layout, nullptr, nullptr, NonzeroCapture::all);
     const StepResult c = train_step(true, layout);
-    ASSERT_EQ(a.grads.size(), b.grads.size());
-    for (size_t i = 0; i < a.grads.size(); ++i) {
-      expect_identical(a.grads[i], b.grads[i], "grad " + std::to_string(i));
-      expect_identical(a.grads[i], c.grads[i], "grad (deferred) " + std::to_string(i));
-    }
+    expect_same_numbers(a, b);
+    expect_same_numbers(a, c);
     EXPECT_EQ(a.ops, b.ops);
     EXPECT_EQ(b.ops, c.ops);
     EXPECT_GT(b.maps, 0);
@@ -150,11 +152,6 @@ TEST(ReluFusion, SparseKernelPrologueGivesTheSameNumbers) {
   SparseSetup sa, sb;
   const StepResult a = train_step(false, Layout::NCHW16n, nullptr, nullptr, NonzeroCapture::none, &sa);
   const StepResult b = train_step(true, Layout::NCHW16n, nullptr, nullptr, NonzeroCapture::none, &sb);
-  expect_identical(a.out, b.out, "logits");
-  ASSERT_EQ(a.grads.size(), b.grads.size());
-  for (size_t i = 0; i < a.grads.size(); ++i) expect_identical(a.grads[i], b.grads[i], "grad " + std::to_string(i));
-  ASSERT_EQ(a.buffers.size(), b.buffers.size());
-  for (size_t i = 0; i < a.buffers.size(); ++i)
-    expect_identical(a.buffers[i], b.buffers[i], "buffer " + std::to_string(i));
+  expect_same_numbers(a, b);
   EXPECT_EQ(a.ops, b.ops);
 }
