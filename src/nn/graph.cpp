@@ -221,11 +221,12 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
   auto dy_of = [this](int j) -> Tensor& {
     return nodes_[j].dy_shared >= 0 ? nodes_[nodes_[j].dy_shared].dy : nodes_[j].dy;
   };
-  // Readers of each node, in order.
+  // Readers of each node, in order (a fused ReLU's readers read its producer; it writes no gradient).
   std::vector<std::vector<int>> readers(nodes_.size());
   for (int i = 0; i <= last(); ++i)
-    for (int j : nodes_[i].inputs)
-      if (j != kInput) readers[j].push_back(i);
+    if (nodes_[i].fused_into < 0)
+      for (int j : nodes_[i].inputs)
+        if (j != kInput) readers[j].push_back(i);
   for (int i = last(); i >= 0; --i) {
     Node& n = nodes_[i];
     if (n.fused_into >= 0) {
