@@ -37,9 +37,8 @@ void attach_nonzeros(Op& op, Layer& layer, const std::shared_ptr<const Bitmap>& 
 
 Op Graph::fused_relu_op(int i, Phase phase) const {
   const Node& n = nodes_[i];
-  // The ReLU's output (its input has the same shape); a deferred producer's input when it wrote none.
-  const Node& p = nodes_[n.fused_into];
-  const Tensor& y = p.deferred ? (p.inputs[0] == kInput ? *input_ : nodes_[p.inputs[0]].y) : p.y;
+  // The ReLU's output (its input has the same shape), or what stands for it when the producer deferred.
+  const Tensor& y = visible_output(n.fused_into);
   Op op = n.layer->describe(phase, {&y}, y);
   op.layer = i;
   op.layer_name = n.layer->name();
@@ -146,14 +145,7 @@ int Graph::fuse_affine_inputs() {
 std::vector<const Tensor*> Graph::inputs_ptrs(const Node& n) const {
   std::vector<const Tensor*> xs;
   xs.reserve(n.inputs.size());
-  for (int j : n.inputs) {
-    if (j != kInput && nodes_[j].deferred) {
-      const int src = nodes_[j].inputs[0];
-      xs.push_back(src == kInput ? input_ : &nodes_[src].y);
-    } else {
-      xs.push_back(j == kInput ? input_ : &nodes_[j].y);
-    }
-  }
+  for (int j : n.inputs) xs.push_back(j == kInput ? input_ : &visible_output(j));
   return xs;
 }
 
@@ -194,7 +186,7 @@ const Tensor& Graph::forward(const Tensor& x, bool training, OpStream* ops) {
     const uint64_t t0 = now_ns();
     n.layer->ff(xs, n.y, training);
     if (ops) {
-      Op op = n.layer->describe(Phase::ff, xs, recorded_y(n, xs));
+      Op op = n.layer->describe(Phase::ff, xs, visible_output(static_cast<int>(i)));
       op.time_ns = now_ns() - t0;
       if (op.executed_macs + op.skipped() == 0) op.executed_macs = op.dense_macs;
       op.layer = static_cast<int32_t>(i);
@@ -249,7 +241,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
     std::shared_ptr<const Bitmap> dy_map;  // this node's dy is final now; its wg and bp share one map
     auto record = [&](Phase phase, uint64_t t0) {
       if (!ops) return;
-      Op op = n.layer->describe(phase, xs, recorded_y(n, xs));
+      Op op = n.layer->describe(phase, xs, visible_output(i));
       op.time_ns = now_ns() - t0;
       if (op.executed_macs + op.skipped() == 0) op.executed_macs = op.dense_macs;
       op.layer = i;

@@ -60,10 +60,6 @@ class Graph {
   Layer& layer(int i) { return *nodes_.at(i).layer; }
   const Layer& layer(int i) const { return *nodes_.at(i).layer; }
   const std::vector<int>& inputs_of(int i) const { return nodes_.at(i).inputs; }
-  const Tensor& output_of(int i) const {
-    const Node& n = nodes_.at(i);
-    return n.fused_into >= 0 ? nodes_[n.fused_into].y : n.y;
-  }
   int64_t num_parameters();
   // One line per layer: name, kind, output shape, parameters.
   std::string describe(const Shape& input_shape) const;
@@ -84,12 +80,15 @@ class Graph {
     std::shared_ptr<const Bitmap> x_nz, w_nz;  // operand maps of the last ff, when captured
     std::shared_ptr<const Bitmap> y_nz;        // map of y in this forward, shared by the layers reading it
   };
-  // The tensors node n reads: the outputs of its inputs, or a deferred batch norm's input instead.
-  std::vector<const Tensor*> inputs_ptrs(const Node& n) const;
-  // What node n's Op records as its output (the input's shape when y was deferred).
-  const Tensor& recorded_y(const Node& n, const std::vector<const Tensor*>& xs) const {
-    return n.deferred ? *xs[0] : n.y;
+  // What the readers of node j read: its output, or, when j deferred it (a batch norm applied by its
+  // reader), j's own input. Also what j's Op records as its output: the shape is the same.
+  const Tensor& visible_output(int j) const {
+    const Node& n = nodes_[j];
+    if (!n.deferred) return n.y;
+    return n.inputs[0] == kInput ? *input_ : nodes_[n.inputs[0]].y;
   }
+  // The tensors node n reads (visible_output of each input; the model input for kInput).
+  std::vector<const Tensor*> inputs_ptrs(const Node& n) const;
   std::vector<Node> nodes_;
   const Tensor* input_ = nullptr;
   Layout input_layout_ = Layout::plain;

@@ -45,7 +45,7 @@ class BatchNorm2d : public Layer {
 
  private:
   void check_input(const Tensor& x) const;
-  // y: this layer's output (the mask of a fused ReLU).
+  // Σdy and Σdy·x̂ per channel (through a fused ReLU's mask, recomputed from x).
   void grad_sums(const Tensor& x, const Tensor& dy);
   // The fused ReLU's mask for the backward kernels (null without one).
   const FusedRelu* fused_relu_mask();
