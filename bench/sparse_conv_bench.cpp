@@ -10,12 +10,15 @@
 //
 // Usage: sparse_conv_bench [--reps N] [--set resnet18|resnet20] [--layer i] [--sparsity s] [--only ff|bp|wg]
 //                          [--tile t] [--cg n] [--band n] [--stream 0|1] [--shared 0|1]
+//                          [--cold 1]  (with --only: operands evicted from the caches before each call)
 //                          [--split-images -1|0|1]
 // (run with OMP_NUM_THREADS set; the thread count is printed). BENCH_MIN=1 in the environment reports
 // the fastest run instead of the median (on a shared machine the fastest is the least disturbed).
 #include <fmt/format.h>
 #include <omp.h>
 #include <time.h>
+
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
@@ -69,6 +72,15 @@ void fill_random(Tensor& t, Rng& rng) {
     return p;
   }();
   t = plain.to_layout(t.layout());
+}
+
+// Writes back and drops every line of t from all cache levels, so that the next call reads it from
+// memory, as a training step mostly does (its activations are far larger than the caches).
+void evict(const Tensor& t) {
+  const char* p = reinterpret_cast<const char*>(t.data());
+  const size_t bytes = sizeof(float) * static_cast<size_t>(t.storage_size());
+  for (size_t i = 0; i < bytes; i += 64) _mm_clflushopt(const_cast<char*>(p + i));
+  _mm_sfence();
 }
 
 double median(std::vector<double> v) {
@@ -188,6 +200,7 @@ int main(int argc, char** argv) {
   int reps = 7, only_layer = -1;
   bool resnet20 = false;
   std::string only_phase;  // "ff", "bp" or "wg": time that sparse phase alone, no oneDNN (for profiling)
+  bool cold = false;       // with --only: evict the activations from every cache level before each call
   std::vector<double> sparsities = {0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95};
   SparseConvOptions opt;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -213,6 +226,8 @@ int main(int argc, char** argv) {
       opt.stream_output = std::atoi(v);
     else if (a == "--shared")
       opt.shared_slabs = std::atoi(v);
+    else if (a == "--cold")
+      cold = std::atoi(v) != 0;
     else if (a == "--split-images")
       opt.split_images = std::atoi(v);
     else {
@@ -265,7 +280,11 @@ int main(int argc, char** argv) {
         };
         run();
         std::vector<double> t;
-        for (int i = 0; i < reps; ++i) t.push_back(time_ms(run));
+        for (int i = 0; i < reps; ++i) {
+          if (cold)
+            for (const Tensor* a : {&x, &dy, &y, &dx}) evict(*a);
+          t.push_back(time_ms(run));
+        }
         fmt::print("  {:>7.0f}% {:>5} {:>10} {:>10.3f}\n", 100 * sp, only_phase, "-", median(t));
         continue;
       }

@@ -9,6 +9,7 @@
 #   options: --model resnet20 --width 16 --threads 2 --batch-size 128 --steps 200 --sparsities "0.8 0.9 0.95"
 #            --policies "magnitude dns rigl" --distribution uniform|erk --kernels auto|sparse|dense
 #            --calibration FILE --no-torch
+#            --prune-args "--prune-end 0.5 --prune-every 50"   (accuracy mode: added to every pruned run)
 #            --runs "dense magnitude:0.9 rigl:0.95"   (accuracy mode: exactly these runs, in this order;
 #                                                      e.g. to split the table over two processes)
 #
@@ -37,6 +38,7 @@ kernels=auto
 calibration=()
 torch=1
 runs=""
+prune_args=""
 data_dir=/usr/share/datasets/fashion-mnist
 while (( $# )); do
   case "$1" in
@@ -54,6 +56,7 @@ while (( $# )); do
     --calibration) calibration=(--calibration "$2"); shift 2 ;;
     --no-torch) torch=0; shift ;;
     --runs) runs="$2"; shift 2 ;;
+    --prune-args) prune_args="$2"; shift 2 ;;
     --data-dir) data_dir="$2"; shift 2 ;;
     *) echo "sparse_train.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -127,7 +130,7 @@ else
     fi
     p="${item%%:*}"; s="${item#*:}"
     read -r ips acc sp < <(run_trainer "$p-$s" "${run[@]}" --prune "$p" --sparsity "$s" \
-      --prune-distribution "$distribution" --kernels "$kernels" "${calibration[@]}")
+      --prune-distribution "$distribution" --kernels "$kernels" "${calibration[@]}" $prune_args)
     vs=""; [[ -n "$dense_acc" ]] && vs=$(awk -v a="$acc" -v b="$dense_acc" 'BEGIN{printf "%+.2f", 100*(a-b)}')
     printf '%-12s %9s %9.2f%% %10s %10.0f %11.1f%%\n' "$p" "$s" "$(awk -v a="$acc" 'BEGIN{print 100*a}')" "$vs" \
       "$ips" "$(awk -v x="$sp" 'BEGIN{print 100*x}')"

@@ -32,6 +32,7 @@ class DnsPolicy final : public PruningPolicy {
   }
 
  protected:
+  void init_masks() override { prune_to_initial_sparsity(); }
   bool keeps_dense_weights() const override { return true; }
 
   void update_masks(int64_t step) override {

@@ -21,6 +21,7 @@ class MagnitudePolicy final : public PruningPolicy {
   }
 
  protected:
+  void init_masks() override { prune_to_initial_sparsity(); }
   void update_masks(int64_t step) override {
     const std::vector<double> targets = scheduled_targets(step);
     std::vector<Mask> before;

@@ -222,6 +222,13 @@ void PruningPolicy::after_update(int64_t /*step*/) {
   }
 }
 
+void PruningPolicy::prune_to_initial_sparsity() {
+  if (begin_ != 0 || !(options_.initial_sparsity > 0.0)) return;
+  update_masks(0);
+  stats_.total_pruned += stats_.last_pruned;
+  stats_.last_pruned = stats_.last_grown = 0;
+}
+
 void PruningPolicy::apply_masks() {
   for (auto& s : slots_)
     if (s.prunable) s.mask.apply(*s.t.weight);

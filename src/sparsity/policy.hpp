@@ -175,6 +175,10 @@ class PruningPolicy {
   // Policy hooks. init_masks: fresh run, after the slots are built (masks all kept). update_masks: at an
   // update step, before the gradients are masked; must call finish_update per tensor it changed.
   virtual void init_masks() {}
+  // For the gradual schedules (magnitude, dns): a schedule that begins at step 0 above zero sparsity
+  // starts the run at its initial sparsity, so that step 0's passes are already sparse, instead of
+  // running step 0 dense and pruning after it. The pruned weights count in total_pruned, not as an update.
+  void prune_to_initial_sparsity();
   virtual void update_masks(int64_t step) = 0;
   virtual bool keeps_dense_weights() const { return false; }
 

@@ -88,28 +88,45 @@ TEST_F(Validate, ReportsEveryClaimOnARecordedTrace) {
     EXPECT_EQ(x["all"]["dense_MACs"].get<double>(), v["trainer"]["all"]["dense_MACs"].get<double>()) << key;
 }
 
-TEST_F(Validate, FromStepLeavesOutTheDenseFirstStep) {
-  // Step 0 is recorded before the first mask update (dense weights): the report says so, and --from-step 1
-  // costs the three pruned steps only.
-  Result r = run("validate --trace t.trace --no-published-point --mode statistical --out all" + specs());
+TEST_F(Validate, FromStepLeavesOutTheDenseFirstSteps) {
+  // Pruning begins at step 1 (a quarter of the 4 steps), so steps 0 and 1 run dense weights (the first
+  // mask update comes after step 1's gradients): the report says so, and --from-step 2 costs the two
+  // pruned steps only.
+  Result r = run(
+      "train --data synthetic --synthetic-size 64 --model resnet8 --width 16 --epochs 1 --batch-size 16 "
+      "--threads 1 --prune magnitude --sparsity 0.9 --initial-sparsity 0.9 --prune-begin 0.25 "
+      "--trace late.trace --trace-every 1 --no-ops-summary --progress off");
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  r = run("validate --trace late.trace --no-published-point --mode statistical --out all" + specs());
   ASSERT_EQ(r.code, 0) << r.out << r.err;
   EXPECT_HAS(r.out, "The weight sparsity varies over the costed steps (step 0: 0.0%");
-  r = run("validate --trace t.trace --no-published-point --mode statistical --from-step 1 --out late" +
+  r = run("validate --trace late.trace --no-published-point --mode statistical --from-step 2 --out late" +
           specs());
   ASSERT_EQ(r.code, 0) << r.out << r.err;
-  EXPECT_HAS(r.out, "3 step(s) costed in statistical mode");
-  EXPECT_HAS(r.out, "1 recorded step(s) before step 1 were not costed");
+  EXPECT_HAS(r.out, "2 step(s) costed in statistical mode");
+  EXPECT_HAS(r.out, "2 recorded step(s) before step 2 were not costed");
   const nlohmann::json all = nlohmann::json::parse(slurp(dir_ / "all.json"));
   const nlohmann::json late = nlohmann::json::parse(slurp(dir_ / "late.json"));
   EXPECT_EQ(all["variants"].size(), 9u);
-  EXPECT_EQ(late["sparsity"]["per_step"].size(), 3u);
-  EXPECT_EQ(late["sparsity"]["per_step"][0]["step"], 1);
+  EXPECT_EQ(late["sparsity"]["per_step"].size(), 2u);
+  EXPECT_EQ(late["sparsity"]["per_step"][0]["step"], 2);
   EXPECT_GT(late["sparsity"]["weights"].get<double>(), all["sparsity"]["weights"].get<double>());
   EXPECT_GT(late["sparsity"]["weights"].get<double>(), 0.8);
 
-  r = run("validate --trace t.trace --from-step 99" + specs());
+  r = run("validate --trace late.trace --from-step 99" + specs());
   EXPECT_EQ(r.code, 1);
   EXPECT_HAS(r.err, "no steps to cost (4 recorded before step 99)");
+}
+
+// A schedule that begins at step 0 above zero sparsity starts the run pruned: the recorded step 0 is
+// already at the initial sparsity, not dense.
+TEST_F(Validate, PruningFromStepZeroRecordsASparseFirstStep) {
+  const Result r = run("validate --trace t.trace --no-published-point --mode statistical --out first" + specs());
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  const nlohmann::json first = nlohmann::json::parse(slurp(dir_ / "first.json"));
+  ASSERT_EQ(first["sparsity"]["per_step"].size(), 4u);
+  EXPECT_EQ(first["sparsity"]["per_step"][0]["step"], 0);
+  EXPECT_GT(first["sparsity"]["per_step"][0]["weights"].get<double>(), 0.8);
 }
 
 TEST_F(Validate, RefusesBadInput) {

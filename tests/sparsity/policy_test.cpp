@@ -211,6 +211,54 @@ TEST(MagnitudePolicy, FollowsTheCubicScheduleMonotonically) {
   EXPECT_EQ(p->stats().total_pruned, expected_pruned(0.8, 16 * 8 * 9) + expected_pruned(0.8, 32 * 16 * 9));
 }
 
+// A gradual schedule that begins at step 0 above zero sparsity starts the run there: the masks hold the
+// initial sparsity (the smallest initial magnitudes pruned, the weights zero) before step 0's passes,
+// step 0's update prunes nothing more, and the pruned count is in the totals. Beginning later, or at zero
+// sparsity, the run starts dense.
+TEST(PruningPolicy, GradualScheduleFromStepZeroStartsAtTheInitialSparsity) {
+  for (const char* kind : {"magnitude", "dns"}) {
+    SCOPED_TRACE(kind);
+    FakeModel m = FakeModel::small(3);
+    auto o = options(0.8, 100, 10);
+    o.begin_step = 0;
+    o.end_step = 50;
+    o.initial_sparsity = 0.5;
+    auto p = make_policy(kind, o);
+    const Tensor before = *m.tensors()[1].weight;
+    p->attach(m.tensors());
+    const int64_t n = p->mask(1).size();
+    EXPECT_EQ(p->mask(1).count_pruned(), expected_pruned(0.5, n));
+    expect_pruned_are_zero(*p);
+    // The pruned are the smallest in magnitude: every pruned |w| <= every kept |w|.
+    float max_pruned = 0.0f, min_kept = 1e30f;
+    for (int64_t j = 0; j < n; ++j) {
+      const float a = std::fabs(before.data()[j]);
+      if (p->mask(1).kept(j))
+        min_kept = std::min(min_kept, a);
+      else
+        max_pruned = std::max(max_pruned, a);
+    }
+    EXPECT_LE(max_pruned, min_kept);
+    EXPECT_EQ(p->stats().mask_updates, 0);
+    EXPECT_EQ(p->stats().total_pruned, p->mask(1).count_pruned() + p->mask(2).count_pruned());
+    const uint64_t gen = p->generation();
+    m.random_grads();
+    p->before_update(0);
+    EXPECT_EQ(p->stats().last_pruned, 0);
+    EXPECT_EQ(p->generation(), gen);
+  }
+  for (double begin_frac : {0.0, 0.1}) {
+    FakeModel m = FakeModel::small(3);
+    auto o = options(0.8, 100, 10);
+    o.begin_step = begin_frac > 0 ? 10 : 0;
+    o.end_step = 50;
+    o.initial_sparsity = begin_frac > 0 ? 0.5 : 0.0;
+    auto p = make_policy("magnitude", o);
+    p->attach(m.tensors());
+    EXPECT_EQ(p->mask(1).count_pruned(), 0) << "begin " << o.begin_step;
+  }
+}
+
 // WG leaves pruned positions untouched: after before_update the gradient is zero where the mask is, and
 // the optimizer step alone (no after_update guard) keeps those weights at exactly zero.
 TEST(MagnitudePolicy, MaskedWgKeepsPrunedWeightsZeroThroughTheOptimizer) {
