@@ -1,7 +1,5 @@
 #include "core/tensor.hpp"
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -44,37 +42,6 @@ int64_t storage_size_for(const Shape& shape, Layout layout) {
 
 void Tensor::FreeDeleter::operator()(float* p) const { std::free(p); }
 
-namespace {
-
-constexpr size_t kHugePage = size_t{2} << 20;
-
-bool huge_pages_wanted() {
-  static const bool wanted = [] {
-    const char* v = std::getenv("TRAINER_HUGE_PAGES");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
-  return wanted;
-}
-
-// Storage of at least one huge page is aligned to it and asked to be backed by huge pages (where the
-// kernel's transparent huge pages are in 'madvise' mode, as on Debian, nothing is otherwise). A training
-// step streams its activations, megabytes each, from memory: with 4 KiB pages every 4 KiB starts a
-// fresh TLB walk and stops the hardware prefetcher; a 2 MiB page does neither. Advice only: where the
-// kernel refuses it, the memory is ordinary. TRAINER_HUGE_PAGES=0 turns it off (for comparisons).
-float* allocate_floats(int64_t count) {
-  const size_t bytes = static_cast<size_t>(count) * sizeof(float);
-  if (bytes >= kHugePage && huge_pages_wanted()) {
-    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-    void* p = std::aligned_alloc(kHugePage, rounded);
-    if (p) madvise(p, rounded, MADV_HUGEPAGE);
-    return static_cast<float*>(p);
-  }
-  // Round the byte count up to the 64-byte alignment, as aligned_alloc requires.
-  return static_cast<float*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
-}
-
-}  // namespace
-
 Tensor::Tensor(Shape shape, Layout layout) {
   resize(shape, layout);
   zero();
@@ -105,10 +72,10 @@ void Tensor::resize(const Shape& shape, Layout layout) {
   const int64_t need = storage_size_for(shape, layout);
   const bool was_padded = layout_ != Layout::plain;
   if (need > capacity_) {
-    float* p = allocate_floats(need);
-    if (!p)
-      fail("out of memory allocating a tensor of shape {} ({} bytes)", shape_str(shape),
-           static_cast<size_t>(need) * sizeof(float));
+    // Round the byte count up to the 64-byte alignment, as aligned_alloc requires.
+    const size_t bytes = (static_cast<size_t>(need) * sizeof(float) + 63) / 64 * 64;
+    float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!p) fail("out of memory allocating a tensor of shape {} ({} bytes)", shape_str(shape), bytes);
     data_.reset(p);
     capacity_ = need;
     shape_ = shape;
