@@ -14,6 +14,23 @@ void add_inplace(Tensor& y, const Tensor& x) {
   for (int64_t i = 0; i < n; ++i) py[i] += px[i];
 }
 
+void add_inplace_relu_bp(Tensor& y, const Tensor& x, const Tensor& relu_y) {
+  TRAINER_CHECK(y.shape() == x.shape() && y.layout() == x.layout() && y.shape() == relu_y.shape() &&
+                    y.layout() == relu_y.layout(),
+                "add (relu bp): operands {} ({}), {} ({}) and mask {} ({}) differ", shape_str(y.shape()),
+                layout_name(y.layout()), shape_str(x.shape()), layout_name(x.layout()),
+                shape_str(relu_y.shape()), layout_name(relu_y.layout()));
+  float* __restrict py = y.data();
+  const float* __restrict px = x.data();
+  const float* __restrict pm = relu_y.data();
+  const int64_t n = y.storage_size();
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = py[i] + px[i];
+    py[i] = pm[i] > 0.0f ? v : 0.0f;
+  }
+}
+
 void add(const Tensor& a, const Tensor& b, Tensor& y, bool relu_after) {
   TRAINER_CHECK(a.shape() == b.shape() && a.layout() == b.layout(), "add: operands {} ({}) and {} ({}) differ",
                 shape_str(a.shape()), layout_name(a.layout()), shape_str(b.shape()), layout_name(b.layout()));

@@ -8,6 +8,9 @@ namespace trainer {
 
 // y += x. x and y: same shape and layout.
 void add_inplace(Tensor& y, const Tensor& x);
+// y = (y + x) where relu_y > 0, else 0 (all three the same shape and layout): a gradient added into the
+// output of a ReLU, then taken through the ReLU's backward, in one pass (the same bits as the two).
+void add_inplace_relu_bp(Tensor& y, const Tensor& x, const Tensor& relu_y);
 // y = a + b. a and b: same shape and layout; y is resized to match. With relu_after, y = max(0, a + b)
 // in the same pass (a ReLU fused into the add).
 void add(const Tensor& a, const Tensor& b, Tensor& y, bool relu_after = false);

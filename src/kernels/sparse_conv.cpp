@@ -67,6 +67,11 @@ struct VecScalar {
     for (int l = 0; l < kLanes; ++l) r.v[l] = a.v[l] + b.v[l];
     return r;
   }
+  static R where_positive(const R& m, const R& a) {  // a where m > 0, else 0
+    R r;
+    for (int l = 0; l < kLanes; ++l) r.v[l] = m.v[l] > 0.0f ? a.v[l] : 0.0f;
+    return r;
+  }
   static R max0(const R& a) {
     R r;
     for (int l = 0; l < kLanes; ++l) r.v[l] = a.v[l] > 0.0f ? a.v[l] : 0.0f;
@@ -106,6 +111,9 @@ struct VecAvx512 {
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
   static R max0(R a) { return _mm512_max_ps(a, _mm512_setzero_ps()); }
+  static R where_positive(R m, R a) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(m, _mm512_setzero_ps(), _CMP_GT_OQ), a);
+  }
   static R first_lanes(R a, int64_t n) {
     return _mm512_maskz_mov_ps(static_cast<__mmask16>((1u << n) - 1), a);
   }
@@ -333,6 +341,7 @@ struct TileCtx {
   int64_t part_plane = 0, part_row = 0;
   bool stream = false;  // write the output with non-temporal stores
   bool accumulate = false;  // add to the output instead of writing it
+  const float* relu_nb = nullptr;  // with accumulate: keep the sum only where this (out's layout) is > 0
   const int32_t* off = nullptr;
   const float* val = nullptr;
   const int32_t* seg = nullptr;  // entries of output channel o: [seg[2o], seg[2o + 1])
@@ -423,6 +432,12 @@ void tile_rect(const TileCtx& c, int64_t ra, int64_t rb, int64_t ja, int64_t jb)
         if (c.accumulate) {
 #pragma GCC unroll 16
           for (int t = 0; t < T; ++t) acc[t] = V::add(acc[t], V::load(y + (t / TQ) * y_row + (t % TQ) * y_col));
+          if (c.relu_nb) {
+            const float* m = c.relu_nb + o * c.out_plane + y_off;
+#pragma GCC unroll 16
+            for (int t = 0; t < T; ++t)
+              acc[t] = V::where_positive(V::load(m + (t / TQ) * y_row + (t % TQ) * y_col), acc[t]);
+          }
         }
         if (c.stream) {
 #pragma GCC unroll 16
@@ -684,6 +699,8 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
               c.part_row = Jmax * kLanes;
               c.stream = stream;
               c.accumulate = opt.accumulate_output;
+              if (c.accumulate && opt.accumulate_relu)
+                c.relu_nb = opt.accumulate_relu->data() + nb * pb.Cout * out_plane;
               c.Hout = pb.Hout;
               c.Wout = pb.Wout;
               c.a = a;
@@ -1145,6 +1162,12 @@ SparseCounters sparse_conv_bp(const Tensor& dy, const SparseWeights& w, const Sh
                   layout_name(dx.layout()), shape_str(x_shape));
   else
     dx.resize(x_shape, Layout::NCHW16n);
+  if (opt.accumulate_relu)
+    TRAINER_CHECK(opt.accumulate_output && opt.accumulate_relu->shape() == x_shape &&
+                      opt.accumulate_relu->layout() == Layout::NCHW16n,
+                  "sparse conv bp: a ReLU mask {} ({}) needs accumulate_output and x's shape {} in NCHW16n",
+                  shape_str(opt.accumulate_relu->shape()), layout_name(opt.accumulate_relu->layout()),
+                  shape_str(x_shape));
   const int64_t st = g.stride;
   CorrProblem pb;
   pb.in = dy.data(), pb.Cin = g.K, pb.Hin = g.P(), pb.Win = g.Q();

@@ -116,6 +116,10 @@ struct SparseConvOptions {
   // by two layers gets the sum of their gradients; the second can add its own in its epilogue instead
   // of a separate pass over memory.
   bool accumulate_output = false;
+  // BP with accumulate_output: dx = (dx + result) where relu_y > 0, else 0 (relu_y: x_shape, NCHW16n).
+  // The backward of a ReLU whose output is relu_y, done by the last gradient written into that output
+  // (Graph::backward) instead of a pass of its own; the same bits as the add, then the ReLU's backward.
+  const Tensor* accumulate_relu = nullptr;
 };
 
 // Reusable buffers (slabs, per-thread tap programs, zero-plane flags, partial sums): one per layer or

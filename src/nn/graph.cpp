@@ -207,6 +207,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
                 shape_str(dy.shape()), shape_str(out.y.shape()));
   for (auto& n : nodes_) n.dy_set = false, n.dy_nz.reset(), n.dy_shared = -1;
   shared_gradients_ = 0;
+  fused_relu_backwards_ = 0;
   out.dy = dy;
   out.dy_set = true;
   // The gradient of node j as it stands: its own, or the one it shares.
@@ -219,6 +220,20 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
     if (nodes_[i].fused_into < 0)
       for (int j : nodes_[i].inputs)
         if (j != kInput) readers[j].push_back(i);
+  // An add with a fused ReLU has its ReLU's backward done by the last gradient written into its output
+  // (its first reader in forward order, the last in this backward), as that writer adds its share:
+  // dy = (dy + share) where y > 0, else 0. The add's own bp then has nothing left to do, and its two
+  // inputs read its gradient tensor itself (when the sharing rule below allows: else its bp runs and
+  // masks again, which changes nothing). A residual stream's gradient then stays in one tensor, added
+  // into in place, instead of being masked and copied at every block. Not on steps that capture
+  // nonzero maps: there the ReLU's Op must see its output gradient before the mask.
+  const bool fuse_relu_bp = !ops || ops->nonzero_capture() == NonzeroCapture::none;
+  std::vector<char> relu_done(nodes_.size(), 0);
+  auto relu_bp_by = [&](int j, int i) {
+    const Node& nj = nodes_[j];
+    return fuse_relu_bp && nj.layer->fused_relu() && nj.layer->same_dx_for_inputs() && !nj.deferred &&
+           !readers[j].empty() && readers[j].front() == i;
+  };
   for (int i = last(); i >= 0; --i) {
     Node& n = nodes_[i];
     if (n.fused_into >= 0) {
@@ -271,8 +286,12 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
       if (!nodes_[j].dy_set) {
         dxs[k] = &nodes_[j].dy;
       } else if (n.inputs.size() == 1 && n.layer->can_accumulate_dx()) {
-        dxs[k] = &nodes_[j].dy;  // the layer adds its gradient to the one already there
+        dxs[k] = &dy_of(j);  // the layer adds its gradient to the one already there
         n.layer->set_accumulate_dx(true);
+        if (relu_bp_by(j, i) && n.layer->can_relu_bp_accumulated_dx()) {
+          n.layer->set_accumulate_relu(&nodes_[j].y);
+          relu_done[j] = 1;
+        }
       } else {
         TRAINER_CHECK(accumulate.empty(), "graph: layer '{}' reads two nodes that both need accumulation",
                       n.layer->name());
@@ -288,7 +307,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
     // the gradient before it changes. A residual block's add: the branch's batch norm shares the
     // shortcut's gradient. One pass writing a gradient tensor less per residual block.
     int shared_from = -1, shared_to = -1;
-    if (n.layer->same_dx_for_inputs() && n.inputs.size() == 2 && accumulate.empty()) {
+    if (n.layer->same_dx_for_inputs() && n.inputs.size() == 2 && accumulate.empty() && dxs[0] && dxs[1]) {
       for (int t = 0; t < 2 && shared_to < 0; ++t) {
         const int own = n.inputs[t], other = n.inputs[1 - t];
         if (own == kInput || other == kInput || own == other || !dxs[0] || !dxs[1]) continue;
@@ -300,9 +319,30 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
       }
     }
     const uint64_t t0 = now_ns();
+    if (shared_to >= 0 && relu_done[i]) {
+      // Its ReLU's backward is done (see relu_bp_by): both inputs read this node's gradient as it is.
+      const int root = n.dy_shared >= 0 ? n.dy_shared : i;
+      for (int j : {shared_from, shared_to}) {
+        nodes_[j].dy_shared = root;
+        nodes_[j].dy_set = true;
+      }
+      shared_gradients_ += 2;
+      ++fused_relu_backwards_;
+      record(Phase::bp, t0);
+      continue;
+    }
     n.layer->bp(xs, n.y, dy_n, dxs);
     n.layer->set_accumulate_dx(false);
-    for (int k : accumulate) add_inplace(nodes_[n.inputs[k]].dy, scratch_);
+    n.layer->set_accumulate_relu(nullptr);
+    for (int k : accumulate) {
+      const int j = n.inputs[k];
+      if (relu_bp_by(j, i)) {
+        add_inplace_relu_bp(dy_of(j), scratch_, nodes_[j].y);
+        relu_done[j] = 1;
+      } else {
+        add_inplace(dy_of(j), scratch_);
+      }
+    }
     record(Phase::bp, t0);
     for (size_t k = 0; k < n.inputs.size(); ++k)
       if (dxs[k]) nodes_[n.inputs[k]].dy_set = true;

@@ -53,6 +53,9 @@ class Graph {
   // How many nodes read another node's gradient tensor in the last backward instead of a copy of their
   // own (an add's inputs; see backward).
   int shared_gradients() const { return shared_gradients_; }
+  // How many ReLU'd adds had their ReLU's backward done by the last writer of their output gradient in
+  // the last backward, their own bp skipped (see backward).
+  int fused_relu_backwards() const { return fused_relu_backwards_; }
 
   std::vector<Param*> params();
   std::vector<Buffer> buffers();
@@ -102,6 +105,7 @@ class Graph {
   std::vector<std::shared_ptr<Bitmap>> map_pool_;
   Tensor scratch_;
   int shared_gradients_ = 0;
+  int fused_relu_backwards_ = 0;
 };
 
 }  // namespace trainer

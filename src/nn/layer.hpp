@@ -113,6 +113,11 @@ class Layer {
   // gradient, instead of a scratch tensor and a separate add.
   virtual bool can_accumulate_dx() const { return false; }
   void set_accumulate_dx(bool on) { accumulate_dx_ = on; }
+  // Whether, while accumulating, bp can also take the sum through the backward of the ReLU whose output
+  // is relu_y (dx = (dx + its gradient) where relu_y > 0, else 0): the graph asks (set_accumulate_relu
+  // for one bp call) when this is the last gradient written into a ReLU'd add's output (Graph::backward).
+  virtual bool can_relu_bp_accumulated_dx() const { return false; }
+  void set_accumulate_relu(const Tensor* relu_y) { accumulate_relu_ = relu_y; }
 
   // Whether bp gives every input the same gradient (an add). The graph may then have bp write it once
   // and let a second input read the first one's copy (see Graph::backward); bp leaves a null dx alone.
@@ -138,6 +143,7 @@ class Layer {
  protected:
   bool fused_relu_ = false;
   bool accumulate_dx_ = false;
+  const Tensor* accumulate_relu_ = nullptr;
   bool defer_affine_ = false;
   AffineInput affine_input_;
 

@@ -17,6 +17,7 @@
 #include "core/rng.hpp"
 #include "core/tensor.hpp"
 #include "kernels/conv_ref.hpp"
+#include "kernels/eltwise.hpp"
 #include "kernels/sparse_weights.hpp"
 
 using namespace trainer;
@@ -615,6 +616,66 @@ TEST(SparseConv, SameBitsWithOneOrTwoThreads) {
   EXPECT_TRUE(same(dx[0], dx[1]));
   EXPECT_TRUE(same(dw[0], dw[1]));
   EXPECT_EQ(sum[0], sum[1]);
+}
+
+// BP into a gradient that already holds another reader's share: accumulate_output adds in the epilogue,
+// and with accumulate_relu takes the sum through the ReLU's backward. Both give the bits of writing the
+// result, then adding (then masking where the ReLU's output is not positive) in separate passes.
+TEST(SparseConv, AccumulatingBpWithAndWithoutReluMatchesSeparatePasses) {
+  const Case cases[] = {{21, 12, 8, 8, 10, 3, 3, 1, 1, 0.4}, {18, 12, 9, 8, 10, 3, 3, 2, 1, 0.4},
+                        {33, 16, 7, 7, 8, 1, 1, 2, 0, 0.5}};
+  for (const Case& cs : cases)
+    for (SparseImpl impl : {SparseImpl::best, SparseImpl::scalar}) {
+      const ConvGeom g = geom_of(cs);
+      SCOPED_TRACE(describe(cs) + (impl == SparseImpl::best ? " best" : " scalar"));
+      Rng rng(57);
+      const Tensor w = random_plain({g.K, g.C, g.R, g.S}, rng);
+      const Tensor mask = random_mask(w.shape(), cs.density, 1, rng);
+      const Tensor dy = random_plain({g.N, g.K, g.P(), g.Q()}, rng).to_layout(Layout::NCHW16n);
+      const Shape xs{g.N, g.C, g.H, g.W};
+      const Tensor prior = random_plain(xs, rng).to_layout(Layout::NCHW16n);
+      // A ReLU's output: zero at about half the positions, one channel all zero.
+      Tensor relu_plain = random_plain(xs, rng);
+      for (int64_t i = 0; i < relu_plain.numel(); ++i) relu_plain.data()[i] = std::max(0.0f, relu_plain.data()[i]);
+      for (int64_t n = 0; n < g.N; ++n)
+        for (int64_t h = 0; h < g.H; ++h)
+          for (int64_t x = 0; x < g.W; ++x) relu_plain.at(n, 3, h, x) = 0.0f;
+      const Tensor relu_y = relu_plain.to_layout(Layout::NCHW16n);
+      SparseWeights sw;
+      sw.build(w, mask, g.stride, g.pad);
+      SparseConvScratch scratch;
+      SparseConvOptions opt = with_impl(impl);
+      Tensor share;
+      sparse_conv_bp(dy, sw, xs, share, scratch, opt);
+      Tensor added = prior;
+      add_inplace(added, share);
+      Tensor masked = prior;
+      add_inplace_relu_bp(masked, share, relu_y);
+      int64_t zeroed = 0;
+      for (int64_t i = 0; i < masked.storage_size(); ++i) {
+        ASSERT_EQ(masked.data()[i], relu_y.data()[i] > 0.0f ? added.data()[i] : 0.0f) << i;
+        zeroed += relu_y.data()[i] > 0.0f ? 0 : 1;
+      }
+      EXPECT_GT(zeroed, masked.storage_size() / 4);
+
+      opt.accumulate_output = true;
+      Tensor got = prior;
+      sparse_conv_bp(dy, sw, xs, got, scratch, opt);
+      ASSERT_EQ(got.storage_size(), added.storage_size());
+      for (int64_t i = 0; i < got.storage_size(); ++i) ASSERT_EQ(got.data()[i], added.data()[i]) << i;
+      opt.accumulate_relu = &relu_y;
+      got = prior;
+      sparse_conv_bp(dy, sw, xs, got, scratch, opt);
+      for (int64_t i = 0; i < got.storage_size(); ++i) ASSERT_EQ(got.data()[i], masked.data()[i]) << i;
+      // A mask needs accumulation, and x's shape.
+      SparseConvOptions bad = opt;
+      bad.accumulate_output = false;
+      EXPECT_THROW(sparse_conv_bp(dy, sw, xs, got, scratch, bad), Error);
+      const Tensor small({g.N, g.C, g.H, g.W + 1}, Layout::NCHW16n);
+      bad = opt;
+      bad.accumulate_relu = &small;
+      EXPECT_THROW(sparse_conv_bp(dy, sw, xs, got, scratch, bad), Error);
+    }
 }
 
 // Called from inside a parallel region (nested parallelism off), the kernels get a team of one thread

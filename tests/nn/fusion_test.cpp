@@ -24,6 +24,7 @@ struct StepResult {
   std::vector<std::string> ops;  // "layer phase", in record order
   std::vector<bool> fused_ops;   // kernel "fused"
   int maps = 0;                  // records with an input map
+  int relu_bp_fused = 0;         // adds whose ReLU backward their output's last gradient writer did
 };
 
 // Half the weights of every conv pruned, run on the sparse kernels (NCHW16n): their prologue then
@@ -74,6 +75,7 @@ StepResult train_step(bool fuse, Layout layout, int* fused = nullptr, int* affin
     Tensor dy(r.out.shape());
     for (int64_t i = 0; i < dy.numel(); ++i) dy.data()[i] = static_cast<float>(std::sin(0.37 * i + rep));
     g->backward(dy, &ops);
+    r.relu_bp_fused = g->fused_relu_backwards();
   }
   for (Param* p : g->params()) r.grads.push_back(p->grad.to_layout(Layout::plain));
   for (const Buffer& b : g->buffers()) r.buffers.push_back(b.tensor->to_layout(Layout::plain));
@@ -115,6 +117,10 @@ TEST(ReluFusion, SameNumbersAndOpsAsUnfused) {
     // Each block's add applies its branch's last batch norm; its conv1, the batch norm (+ ReLU) before.
     EXPECT_EQ(affine, 6);
     expect_same_numbers(a, b);
+    // The first two blocks' adds: the next block's conv0, the last to write their output's gradient,
+    // takes it through their ReLU (the last block's is read by the pooling alone).
+    EXPECT_EQ(a.relu_bp_fused, 0);
+    EXPECT_EQ(b.relu_bp_fused, 2);
     // The same records in the same order; the fused ReLUs marked as such, and only they.
     ASSERT_EQ(a.ops, b.ops);
     int marked = 0;
@@ -143,6 +149,8 @@ TEST(ReluFusion, CapturingStepsStillWriteTheNormalisedTensor) {
     EXPECT_EQ(b.ops, c.ops);
     EXPECT_GT(b.maps, 0);
     EXPECT_EQ(c.maps, 0);
+    EXPECT_EQ(b.relu_bp_fused, 0);  // the ReLU's Op sees its output gradient before the mask
+    EXPECT_EQ(c.relu_bp_fused, 2);
   }
 }
 
@@ -154,4 +162,5 @@ TEST(ReluFusion, SparseKernelPrologueGivesTheSameNumbers) {
   const StepResult b = train_step(true, Layout::NCHW16n, nullptr, nullptr, NonzeroCapture::none, &sb);
   expect_same_numbers(a, b);
   EXPECT_EQ(a.ops, b.ops);
+  EXPECT_EQ(b.relu_bp_fused, 2);  // in the sparse BP kernel's epilogue
 }

@@ -63,6 +63,7 @@ std::unique_ptr<Graph> build(bool share) {
 struct Result {
   std::vector<Tensor> grads;
   int shared = 0;
+  int relu_bp_fused = 0;
 };
 
 Result step(bool share, bool fuse, Layout layout) {
@@ -83,6 +84,7 @@ Result step(bool share, bool fuse, Layout layout) {
   }
   for (Param* p : g->params()) r.grads.push_back(p->grad.to_layout(Layout::plain));
   r.shared = g->shared_gradients();
+  r.relu_bp_fused = g->fused_relu_backwards();
   return r;
 }
 
@@ -94,9 +96,13 @@ TEST(SharedGradients, SameNumbersAsWritingBothCopies) {
       SCOPED_TRACE(std::string(layout_name(layout)) + (fuse ? " fused" : " unfused"));
       const Result ref = step(false, fuse, layout), got = step(true, fuse, layout);
       EXPECT_EQ(ref.shared, 0);
+      EXPECT_EQ(ref.relu_bp_fused, 0);
       // The identity block's and the projection block's adds share; the add whose second input reads
-      // its first does not.
-      EXPECT_EQ(got.shared, 2);
+      // its first does not. With the ReLUs fused, the identity block's add has its ReLU's backward done
+      // by h.conv (the last to add into its output's gradient): both its inputs then read its own
+      // gradient tensor, and its bp is skipped.
+      EXPECT_EQ(got.shared, fuse ? 3 : 2);
+      EXPECT_EQ(got.relu_bp_fused, fuse ? 1 : 0);
       ASSERT_EQ(ref.grads.size(), got.grads.size());
       for (size_t i = 0; i < ref.grads.size(); ++i) {
         ASSERT_EQ(ref.grads[i].shape(), got.grads[i].shape());

@@ -173,10 +173,18 @@ void Conv2d::bp(const std::vector<const Tensor*>& x, const Tensor& /*y*/, const 
   check_input(in.shape());
   const ConvGeom g = dnnl_.geom(in.shape());
   // Accumulating (see Layer::can_accumulate_dx): the sparse kernel adds in its epilogue; oneDNN's
-  // result goes through scratch and is added.
+  // result goes through scratch and is added. Either takes the sum through a ReLU's backward when the
+  // graph asks (set_accumulate_relu).
+  const Tensor* relu = accumulate_dx_ ? accumulate_relu_ : nullptr;
+  auto add_to_dx = [&] {
+    if (relu)
+      add_inplace_relu_bp(*dx[0], dx_sum_, *relu);
+    else
+      add_inplace(*dx[0], dx_sum_);
+  };
   if (in.layout() != Layout::NCHW16n) {
     dnnl_.bp(in, dy, weight_.value, accumulate_dx_ ? dx_sum_ : *dx[0]);
-    if (accumulate_dx_) add_inplace(*dx[0], dx_sum_);
+    if (accumulate_dx_) add_to_dx();
     record(ConvPhase::bp, ConvKernel::dense, dense_counters(g));
     return;
   }
@@ -186,6 +194,7 @@ void Conv2d::bp(const std::vector<const Tensor*>& x, const Tensor& /*y*/, const 
   if (k == ConvKernel::sparse) {
     SparseConvOptions opt;
     opt.accumulate_output = accumulate_dx_;
+    opt.accumulate_relu = relu;
     record(ConvPhase::bp, k, sparse_conv_bp(dy, sw_, in.shape(), *dx[0], scratch_bp_, opt));
   } else {
     // oneDNN's bp reads only x's shape and layout; ff may not have reordered x (it ran sparse).
@@ -193,7 +202,7 @@ void Conv2d::bp(const std::vector<const Tensor*>& x, const Tensor& /*y*/, const 
     dy.convert_to(dnnl_.y_layout(), dyr_);
     dnnl_.bp(xr_, dyr_, weight_.value, dxr_);
     dxr_.convert_to(Layout::NCHW16n, accumulate_dx_ ? dx_sum_ : *dx[0]);
-    if (accumulate_dx_) add_inplace(*dx[0], dx_sum_);
+    if (accumulate_dx_) add_to_dx();
     record(ConvPhase::bp, k, dense_counters(g));
   }
 }

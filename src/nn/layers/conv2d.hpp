@@ -51,6 +51,7 @@ class Conv2d : public Layer {
 
   std::vector<Param*> params() override;
   bool can_accumulate_dx() const override { return true; }
+  bool can_relu_bp_accumulated_dx() const override { return true; }
   // A deferred batch norm (+ ReLU) on the input: the sparse kernels apply it in their prologue as they
   // read x (ff and wg; bp does not read x); the dense paths write the normalised input out first.
   bool can_take_affine_input(bool /*relu*/) const override { return true; }
