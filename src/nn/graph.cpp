@@ -310,7 +310,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
     if (n.layer->same_dx_for_inputs() && n.inputs.size() == 2 && accumulate.empty() && dxs[0] && dxs[1]) {
       for (int t = 0; t < 2 && shared_to < 0; ++t) {
         const int own = n.inputs[t], other = n.inputs[1 - t];
-        if (own == kInput || other == kInput || own == other || !dxs[0] || !dxs[1]) continue;
+        if (own == kInput || other == kInput || own == other) continue;
         if (nodes_[own].dy_set || nodes_[other].dy_set || readers[other].size() != 1) continue;
         bool before = true;
         for (int m : readers[own])
