@@ -247,12 +247,16 @@ TEST(PruningPolicy, GradualScheduleFromStepZeroStartsAtTheInitialSparsity) {
     EXPECT_EQ(p->stats().last_pruned, 0);
     EXPECT_EQ(p->generation(), gen);
   }
-  for (double begin_frac : {0.0, 0.1}) {
+  struct Start {
+    int64_t begin_step;
+    double initial_sparsity;
+  };
+  for (const Start st : {Start{0, 0.0}, Start{10, 0.5}}) {
     FakeModel m = FakeModel::small(3);
     auto o = options(0.8, 100, 10);
-    o.begin_step = begin_frac > 0 ? 10 : 0;
+    o.begin_step = st.begin_step;
     o.end_step = 50;
-    o.initial_sparsity = begin_frac > 0 ? 0.5 : 0.0;
+    o.initial_sparsity = st.initial_sparsity;
     auto p = make_policy("magnitude", o);
     p->attach(m.tensors());
     EXPECT_EQ(p->mask(1).count_pruned(), 0) << "begin " << o.begin_step;
