@@ -52,6 +52,7 @@ struct VecScalar {
   }
   static void stream(float* p, const R& a) { store(p, a); }
   static void fence() {}
+  static void prefetch_l2(const float*) {}
   static R bcast(float x) {
     R r;
     for (int l = 0; l < kLanes; ++l) r.v[l] = x;
@@ -107,6 +108,7 @@ struct VecAvx512 {
   // Final outputs larger than the caches go to memory without first being read for ownership.
   static void stream(float* p, R a) { _mm512_stream_ps(p, a); }
   static void fence() { _mm_sfence(); }
+  static void prefetch_l2(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1); }
   static R bcast(float x) { return _mm512_set1_ps(x); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
@@ -372,6 +374,9 @@ void tile_rect(const TileCtx& c, int64_t ra, int64_t rb, int64_t ja, int64_t jb)
       const float* xb = c.slab + ((i - c.i0) * ist * c.slab_cols + j * ist) * kLanes;
       const int64_t y_off = ((c.a + c.ost * i) * c.Wout + c.b + c.ost * j) * kLanes;
       const int64_t p_off = (i - c.i0) * c.part_row + j * kLanes;
+      // Accumulating reads the output (and the ReLU's) straight from memory, one short run per output
+      // channel: too many streams for the hardware prefetchers. The next tile's are asked for here.
+      const int64_t y_next = j + 2 * TQ <= jb ? TQ * y_col : TP * y_row + (ja - j) * y_col;
       for (int64_t o = c.o0; o < c.o1; ++o) {
         int32_t e = c.seg[2 * o];
         const int32_t end = c.seg[2 * o + 1];
@@ -431,12 +436,17 @@ void tile_rect(const TileCtx& c, int64_t ra, int64_t rb, int64_t ja, int64_t jb)
         }
         if (c.accumulate) {
 #pragma GCC unroll 16
-          for (int t = 0; t < T; ++t) acc[t] = V::add(acc[t], V::load(y + (t / TQ) * y_row + (t % TQ) * y_col));
+          for (int t = 0; t < T; ++t) {
+            acc[t] = V::add(acc[t], V::load(y + (t / TQ) * y_row + (t % TQ) * y_col));
+            V::prefetch_l2(y + y_next + (t / TQ) * y_row + (t % TQ) * y_col);
+          }
           if (c.relu_nb) {
             const float* m = c.relu_nb + o * c.out_plane + y_off;
 #pragma GCC unroll 16
-            for (int t = 0; t < T; ++t)
+            for (int t = 0; t < T; ++t) {
               acc[t] = V::where_positive(V::load(m + (t / TQ) * y_row + (t % TQ) * y_col), acc[t]);
+              V::prefetch_l2(m + y_next + (t / TQ) * y_row + (t % TQ) * y_col);
+            }
           }
         }
         if (c.stream) {
@@ -818,6 +828,8 @@ void wg_rect(const WgTileCtx& c, int64_t ra, int64_t rb, int64_t ja, int64_t jb)
   for (int64_t i = ra; i + TP <= rb; i += TP) {
     for (int64_t j = ja; j + TQ <= jb; j += TQ) {
       const float* xb = c.slab + ((i - c.i0) * ist * c.slab_cols + j * ist) * kLanes;
+      // The next tile's dy, from this one's: to the right, or the first of the next row of tiles.
+      const int64_t next = (j + 2 * TQ <= jb ? TQ : TP * c.Q + ja - j) * kLanes;
       for (int64_t k = c.k0; k < c.k1; ++k) {
         int32_t e = c.seg[2 * k];
         const int32_t end = c.seg[2 * k + 1];
@@ -826,6 +838,10 @@ void wg_rect(const WgTileCtx& c, int64_t ra, int64_t rb, int64_t ja, int64_t jb)
         R d[T];
 #pragma GCC unroll 16
         for (int t = 0; t < T; ++t) d[t] = V::load(dyk + ((t / TQ) * c.Q + t % TQ) * kLanes);
+        // dy is read straight from memory, one short run per output channel: too many streams for the
+        // hardware prefetchers. Ask for the next tile's while this one computes.
+#pragma GCC unroll 16
+        for (int t = 0; t < T; ++t) V::prefetch_l2(dyk + next + ((t / TQ) * c.Q + t % TQ) * kLanes);
         for (; end - e >= 8; e += 8) wg_taps<V, T, 8>(c, e, xb, t_off, d);
         if (end - e >= 4) wg_taps<V, T, 4>(c, e, xb, t_off, d), e += 4;
         if (end - e >= 2) wg_taps<V, T, 2>(c, e, xb, t_off, d), e += 2;
