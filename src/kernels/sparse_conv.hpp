@@ -18,6 +18,9 @@
 // WG (dW only at kept positions) holds the dy vectors of a tile of 8-16 positions of one output channel
 // in registers while the kept taps of that channel stream past, 8 sums at a time; the sums are reduced
 // across lanes once per band (or at once, when a band is a single tile).
+// What is read straight from memory instead of through a slab (WG's dy; an accumulating BP's output and
+// ReLU mask) is one short run per output channel, too many streams for the hardware prefetchers: the
+// kernels ask for the next tile's lines into L2 while the current tile computes.
 // Tap offsets in the slab are computed once per weight structure and geometry and cached in the
 // scratch; values are read from the weights, so an optimizer step only needs SparseWeights::repack.
 //
@@ -96,8 +99,8 @@ struct SparseConvOptions {
   SparseImpl impl = SparseImpl::best;
   bool skip_zero_planes = true;  // detect and skip all-zero input / error planes
   // Tuning knobs (0 = chosen from the shapes): input channels per slab (FF, WG) or error channels per
-  // slab (BP); output rows per band; tile shape (FF/BP: 1 = 2x8, 2 = 1x16, 3 = 1x8, 4 = 4x4 positions;
-  // WG: 4 = 2x4, other = 1x8); non-temporal output stores (FF/BP: 1 = always, 0 = never, -1 = for
+  // slab (BP); output rows per band; tile shape (1 = 2x8, 2 = 1x16, 3 = 1x8, 4 = 4x4
+  // positions, in every phase); non-temporal output stores (FF/BP: 1 = always, 0 = never, -1 = for
   // outputs larger than the caches).
   int channel_group = 0;
   int band_rows = 0;
