@@ -52,7 +52,7 @@ struct VecScalar {
   }
   static void stream(float* p, const R& a) { store(p, a); }
   static void fence() {}
-  static void prefetch_l2(const float*) {}
+  static void prefetch_l2(const float*, int64_t) {}
   static R bcast(float x) {
     R r;
     for (int l = 0; l < kLanes; ++l) r.v[l] = x;
@@ -108,7 +108,12 @@ struct VecAvx512 {
   // Final outputs larger than the caches go to memory without first being read for ownership.
   static void stream(float* p, R a) { _mm512_stream_ps(p, a); }
   static void fence() { _mm_sfence(); }
-  static void prefetch_l2(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1); }
+  // Asks for the line holding base[offset] into L2. The address may lie past the tensor (the tile after
+  // the last): a prefetch never faults, and the address is formed as an integer, not a pointer.
+  static void prefetch_l2(const float* base, int64_t offset) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(base) + static_cast<uintptr_t>(offset) * sizeof(float);
+    _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T1);
+  }
   static R bcast(float x) { return _mm512_set1_ps(x); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
@@ -438,14 +443,14 @@ void tile_rect(const TileCtx& c, int64_t ra, int64_t rb, int64_t ja, int64_t jb)
 #pragma GCC unroll 16
           for (int t = 0; t < T; ++t) {
             acc[t] = V::add(acc[t], V::load(y + (t / TQ) * y_row + (t % TQ) * y_col));
-            V::prefetch_l2(y + y_next + (t / TQ) * y_row + (t % TQ) * y_col);
+            V::prefetch_l2(y, y_next + (t / TQ) * y_row + (t % TQ) * y_col);
           }
           if (c.relu_nb) {
             const float* m = c.relu_nb + o * c.out_plane + y_off;
 #pragma GCC unroll 16
             for (int t = 0; t < T; ++t) {
               acc[t] = V::where_positive(V::load(m + (t / TQ) * y_row + (t % TQ) * y_col), acc[t]);
-              V::prefetch_l2(m + y_next + (t / TQ) * y_row + (t % TQ) * y_col);
+              V::prefetch_l2(m, y_next + (t / TQ) * y_row + (t % TQ) * y_col);
             }
           }
         }
@@ -841,7 +846,7 @@ void wg_rect(const WgTileCtx& c, int64_t ra, int64_t rb, int64_t ja, int64_t jb)
         // dy is read straight from memory, one short run per output channel: too many streams for the
         // hardware prefetchers. Ask for the next tile's while this one computes.
 #pragma GCC unroll 16
-        for (int t = 0; t < T; ++t) V::prefetch_l2(dyk + next + ((t / TQ) * c.Q + t % TQ) * kLanes);
+        for (int t = 0; t < T; ++t) V::prefetch_l2(dyk, next + ((t / TQ) * c.Q + t % TQ) * kLanes);
         for (; end - e >= 8; e += 8) wg_taps<V, T, 8>(c, e, xb, t_off, d);
         if (end - e >= 4) wg_taps<V, T, 4>(c, e, xb, t_off, d), e += 4;
         if (end - e >= 2) wg_taps<V, T, 2>(c, e, xb, t_off, d), e += 2;
