@@ -334,7 +334,7 @@ TEST(SparseConv, EveryTileShapeChannelGroupAndBand) {
   int i = 0;
   for (const Case& c : cases) {
     const Prepared pc(c, 300 + i++);
-    for (int tile : {1, 2, 3, 4})
+    for (int tile : {1, 2, 3, 4, 5, 6, 7})
       for (int cgroup : {0, 3})
         for (int band : {0, 1, 3}) {
           SparseConvOptions o;
@@ -346,6 +346,16 @@ TEST(SparseConv, EveryTileShapeChannelGroupAndBand) {
                              std::to_string(band));
         }
   }
+}
+
+// Widths that are multiples of 7 (28, 14, 7: ResNet-20 on 28x28 images) get their own tile shapes by
+// default (2x7, 1x7, 1x14), with rows left over under the two-row tiles.
+TEST(SparseConv, SevenWideOutputsDefaultTiles) {
+  const Case cases[] = {{18, 12, 28, 28, 10, 3, 3, 1, 1, 0.3}, {17, 10, 28, 28, 12, 3, 3, 2, 1, 0.4},
+                        {16, 20, 14, 14, 9, 3, 3, 1, 1, 0.5},  {20, 16, 14, 14, 24, 3, 3, 2, 1, 0.2},
+                        {18, 24, 7, 7, 16, 3, 3, 1, 1, 0.6},   {16, 8, 7, 14, 12, 1, 1, 2, 0, 0.7}};
+  int i = 0;
+  for (const Case& c : cases) check_case(c, 400 + i++);
 }
 
 TEST(SparseConv, ZeroPlanesAreSkippedAndCounted) {
