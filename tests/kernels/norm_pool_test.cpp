@@ -11,6 +11,7 @@
 #include "core/error.hpp"
 #include "core/rng.hpp"
 #include "core/tensor.hpp"
+#include "kernels/batchnorm.hpp"
 #include "kernels/norm_pool_ref.hpp"
 #include "nn/layers/basic.hpp"
 #include "nn/layers/batchnorm2d.hpp"
@@ -163,6 +164,45 @@ TEST(NormPool, BatchNormIsBitwiseIndependentOfThreadCount) {
     EXPECT_EQ(results[0], results[1]) << name(layout);
   }
   omp_set_num_threads(keep);
+}
+
+// Outputs larger than a core's L2 are written with non-temporal stores (plain and NCHW16n): the same
+// values as the formulas, the ReLU's and the residual's included, and the padding images still zero.
+TEST(NormPool, BatchNormPassesOverLargeTensorsMatchFormulas) {
+  Rng rng(23);
+  const Shape s{20, 24, 28, 28};  // 2.4 MB in NCHW16n (two blocks, the second with 4 real images)
+  const int64_t N = s[0], C = s[1], HW = s[2] * s[3];
+  const Vec a = random_vec(C, rng), b = random_vec(C, rng), d = random_vec(C, rng);
+  std::vector<float> af(a.begin(), a.end()), bf(b.begin(), b.end()), df(d.begin(), d.end());
+  for (Layout layout : {Layout::plain, Layout::NCHW16n}) {
+    const std::string what = name(layout);
+    const Tensor x = random_tensor(s, rng, layout), r = random_tensor(s, rng, layout),
+                 dy = random_tensor(s, rng, layout);
+    const Vec xv = to_vec(x), rv = to_vec(r), dyv = to_vec(dy);
+    Vec y(xv.size()), yr(xv.size()), dx(xv.size()), dxr(xv.size());
+    for (int64_t i = 0; i < N * C * HW; ++i) {
+      const int64_t c = (i / HW) % C;
+      const double v = static_cast<double>(af[c]) * xv[i] + bf[c];
+      y[i] = std::max(0.0, v);
+      yr[i] = std::max(0.0, v + rv[i]);
+      dx[i] = a[c] * dyv[i] + b[c] * xv[i] + d[c];
+      dxr[i] = a[c] * (v > 0 ? dyv[i] : 0.0) + b[c] * xv[i] + d[c];
+    }
+    Tensor yt, yrt, dxt, dxrt;
+    batchnorm_apply(x, af.data(), bf.data(), yt, true);
+    expect_close(yt, y, 1e-6, "apply relu " + what);
+    expect_zero_padding(yt, "apply relu " + what);
+    batchnorm_apply_add(x, af.data(), bf.data(), r, yrt, true);
+    expect_close(yrt, yr, 1e-6, "apply add relu " + what);
+    expect_zero_padding(yrt, "apply add relu " + what);
+    batchnorm_bp_apply(x, dy, af.data(), bf.data(), df.data(), dxt);
+    expect_close(dxt, dx, 1e-5, "bp " + what);
+    expect_zero_padding(dxt, "bp " + what);
+    const FusedRelu fr{af.data(), bf.data()};
+    batchnorm_bp_apply(x, dy, af.data(), bf.data(), df.data(), dxrt, &fr);
+    expect_close(dxrt, dxr, 1e-5, "bp relu " + what);
+    expect_zero_padding(dxrt, "bp relu " + what);
+  }
 }
 
 TEST(NormPool, BatchNormEvalUsesRunningStats) {
