@@ -65,9 +65,9 @@ Geometry geometry(const Tensor& x, const char* what) {
 }
 
 void check_same(const Tensor& a, const Tensor& b, const char* what) {
-  TRAINER_CHECK(a.shape() == b.shape() && a.layout() == b.layout(), "{}: x is {} ({}) but the other operand is {} ({})",
-                what, shape_str(a.shape()), layout_name(a.layout()), shape_str(b.shape()),
-                layout_name(b.layout()));
+  TRAINER_CHECK(a.shape() == b.shape() && a.layout() == b.layout(),
+                "{}: x is {} ({}) but the other operand is {} ({})", what, shape_str(a.shape()),
+                layout_name(a.layout()), shape_str(b.shape()), layout_name(b.layout()));
 }
 
 // The 16 per-lane values of channel block cb, zero past C so that padding lanes stay zero.
@@ -244,7 +244,8 @@ void apply_impl(const Tensor& x, const float* scale, const float* shift, const f
           __m512 v = _mm512_fmadd_ps(va, _mm512_load_ps(p + i), vb);  // FusedRelu recomputes exactly this
           if constexpr (kAdd) v = _mm512_add_ps(v, _mm512_load_ps(r + i));
           // relu as below: NaN and -0 give 0
-          if constexpr (kRelu) v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ), v);
+          if constexpr (kRelu)
+            v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ), v);
           _mm512_stream_ps(q + i, v);
         }
         _mm_sfence();  // visible, in order with the stores below and to the other threads
@@ -434,8 +435,8 @@ void bp_apply_impl(const Tensor& x, const Tensor& dy, const float* a, const floa
       for (int64_t i = 0; i < g.HW; ++i) {
 #pragma omp simd
         for (int64_t l = 0; l < kLanes; ++l)
-          q[i * kLanes + l] =
-              ca[l] * masked<kMask>(e[i * kLanes + l], p[i * kLanes + l], rs[l], rt[l]) + cb[l] * p[i * kLanes + l] + cd[l];
+          q[i * kLanes + l] = ca[l] * masked<kMask>(e[i * kLanes + l], p[i * kLanes + l], rs[l], rt[l]) +
+                              cb[l] * p[i * kLanes + l] + cd[l];
       }
     }
   }

@@ -1,6 +1,8 @@
 // Fast batch-norm kernels over plain NCHW, nChw16c or NCHW16n activations. A training step costs four passes
 // over memory: statistics (read x), apply (read x, write y), gradient sums (read x, dy) and the input
-// gradient (read x, dy, write dx). Reference: kernels/norm_pool_ref.hpp.
+// gradient (read x, dy, write dx). Reference: kernels/norm_pool_ref.hpp. The passes that write (apply,
+// input gradient) use non-temporal stores when the output is larger than a core's L2 (plain and NCHW16n
+// layouts): its reader takes it from memory anyway, and the lines are not read for ownership first.
 //
 // Channel totals are summed from per-(sample, channel) partials in a fixed order, so results do not
 // depend on the thread count; partials are float within a short run of values and double across runs.

@@ -346,8 +346,8 @@ struct TileCtx {
   // the output itself is written once, at the last group): [o - o0][i - i0][j][16], for this phase.
   float* part = nullptr;
   int64_t part_plane = 0, part_row = 0;
-  bool stream = false;  // write the output with non-temporal stores
-  bool accumulate = false;  // add to the output instead of writing it
+  bool stream = false;             // write the output with non-temporal stores
+  bool accumulate = false;         // add to the output instead of writing it
   const float* relu_nb = nullptr;  // with accumulate: keep the sum only where this (out's layout) is > 0
   const int32_t* off = nullptr;
   const float* val = nullptr;
@@ -877,8 +877,8 @@ void wg_rect(const WgTileCtx& c, int64_t ra, int64_t rb, int64_t ja, int64_t jb)
         R d[T];
 #pragma GCC unroll 16
         for (int t = 0; t < T; ++t) d[t] = V::load(dyk + ((t / TQ) * c.Q + t % TQ) * kLanes);
-        // dy is read straight from memory, one short run per output channel: too many streams for the
-        // hardware prefetchers. Ask for the next tile's while this one computes.
+          // dy is read straight from memory, one short run per output channel: too many streams for the
+          // hardware prefetchers. Ask for the next tile's while this one computes.
 #pragma GCC unroll 16
         for (int t = 0; t < T; ++t) V::prefetch_l2(dyk, next + ((t / TQ) * c.Q + t % TQ) * kLanes);
         for (; end - e >= 8; e += 8) wg_taps<V, T, 8>(c, e, xb, t_off, d);
@@ -955,12 +955,12 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
   const int64_t ncg = (C + CG - 1) / CG;
   // 1x16 for wide outputs, 2x8, then 4x4; widths that are multiples of 7 but not of 8 (ResNet-20 on
   // 28x28 images) in tiles that cover a row exactly, 14 or 7 positions wide (measured: 10-25% faster).
-  const int shape = opt.tile                        ? opt.tile
-                    : Q % 14 == 0 && Q % 8 != 0     ? 7
-                    : Q % 7 == 0 && Q % 8 != 0      ? 5
-                    : Q >= 16                       ? 2
-                    : Q >= 8                        ? 1
-                                                    : 4;
+  const int shape = opt.tile                    ? opt.tile
+                    : Q % 14 == 0 && Q % 8 != 0 ? 7
+                    : Q % 7 == 0 && Q % 8 != 0  ? 5
+                    : Q >= 16                   ? 2
+                    : Q >= 8                    ? 1
+                                                : 4;
   const int64_t TP = tile_shape_rows(shape);
   const int64_t slab_cols = (Q - 1) * st + S;
   // When the activations outweigh the taps (large images, few channels), each block's gradient is summed
@@ -1236,8 +1236,8 @@ SparseCounters sparse_conv_bp(const Tensor& dy, const SparseWeights& w, const Sh
   check_activation(dy, "bp error dy", {g.N, g.K, g.P(), g.Q()});
   if (opt.accumulate_output)
     TRAINER_CHECK(dx.shape() == x_shape && dx.layout() == Layout::NCHW16n,
-                  "sparse conv bp: accumulating into dx {} ({}), expected {} (NCHW16n)", shape_str(dx.shape()),
-                  layout_name(dx.layout()), shape_str(x_shape));
+                  "sparse conv bp: accumulating into dx {} ({}), expected {} (NCHW16n)",
+                  shape_str(dx.shape()), layout_name(dx.layout()), shape_str(x_shape));
   else
     dx.resize(x_shape, Layout::NCHW16n);
   if (opt.accumulate_relu)

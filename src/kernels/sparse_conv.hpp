@@ -8,10 +8,11 @@
 //  - the input is copied per (image block, band of output rows, group of input channels) into a zero-
 //    padded slab (the prologue is applied there, so a fused BN apply costs one multiply-add per input
 //    element, not one per FMA; the slab also makes every tap's offset a constant: no bounds checks);
-//  - a tile of up to 16 output positions of one output channel is held in registers while the kept
-//    taps of that channel in the group stream past: one broadcast and up to 16 FMAs per tap, each FMA
-//    reading a vector from the slab (output channels innermost, so the tile's slab region stays in L1);
-//    between groups the partial sums wait in a per-thread buffer that stays in L2, and the output is
+//  - a tile of up to 16 output positions of one output channel (2x8, 1x16, 1x8 or 4x4; 2x7, 1x7 or
+//    1x14 where a row is a multiple of 7 wide, so that tiles cover it exactly) is held in registers
+//    while the kept taps of that channel in the group stream past: one broadcast and up to 16 FMAs per tap,
+//    each FMA reading a vector from the slab (output channels innermost, so the tile's slab region stays in
+//    L1); between groups the partial sums wait in a per-thread buffer that stays in L2, and the output is
 //    written once (with non-temporal stores when it is larger than the caches);
 //  - the epilogue (bias, per-channel Σy and Σy² for fused batch-norm statistics, output mask) runs on
 //    the registers before that single store.
@@ -100,8 +101,8 @@ struct SparseConvOptions {
   bool skip_zero_planes = true;  // detect and skip all-zero input / error planes
   // Tuning knobs (0 = chosen from the shapes): input channels per slab (FF, WG) or error channels per
   // slab (BP); output rows per band; tile shape (1 = 2x8, 2 = 1x16, 3 = 1x8, 4 = 4x4,
-  // 5 = 2x7, 6 = 1x7, 7 = 1x14 positions, in every phase); non-temporal output stores (FF/BP: 1 = always, 0 = never, -1 = for
-  // outputs larger than the caches).
+  // 5 = 2x7, 6 = 1x7, 7 = 1x14 positions, in every phase); non-temporal output stores (FF/BP: 1 = always, 0 =
+  // never, -1 = for outputs larger than the caches).
   int channel_group = 0;
   int band_rows = 0;
   int tile = 0;

@@ -76,8 +76,8 @@ const char* name(Layout l) { return layout_name(l); }
 
 TEST(NormPool, BatchNormTrainingMatchesReference) {
   Rng rng(11);
-  for (const Shape& s : {Shape{4, 16, 7, 7}, Shape{3, 20, 5, 6}, Shape{2, 3, 4, 4}, Shape{20, 5, 3, 3},
-                          Shape{16, 2, 2, 3}}) {
+  for (const Shape& s :
+       {Shape{4, 16, 7, 7}, Shape{3, 20, 5, 6}, Shape{2, 3, 4, 4}, Shape{20, 5, 3, 3}, Shape{16, 2, 2, 3}}) {
     for (Layout layout : kLayouts) {
       const std::string what = shape_str(s) + " " + name(layout);
       const int64_t N = s[0], C = s[1], HW = s[2] * s[3];

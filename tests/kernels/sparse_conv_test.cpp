@@ -290,7 +290,8 @@ TEST(SparseWeights, EveryBuildGetsItsOwnVersionWhateverTheOverload) {
   Tensor dw;
   sparse_conv_wg(x16, dy16, part, dw, nullptr, scratch);
   sparse_conv_wg(x16, dy16, full, dw, nullptr, scratch);
-  for (int64_t i = 0; i < w.numel(); ++i) ASSERT_NEAR(dw.data()[i], dwd[i], 1e-4 * (1 + std::abs(dwd[i]))) << i;
+  for (int64_t i = 0; i < w.numel(); ++i)
+    ASSERT_NEAR(dw.data()[i], dwd[i], 1e-4 * (1 + std::abs(dwd[i]))) << i;
 }
 
 TEST(SparseConv, MatchesReferenceOnRandomShapesAndDensities) {
@@ -632,7 +633,8 @@ TEST(SparseConv, SameBitsWithOneOrTwoThreads) {
 // and with accumulate_relu takes the sum through the ReLU's backward. Both give the bits of writing the
 // result, then adding (then masking where the ReLU's output is not positive) in separate passes.
 TEST(SparseConv, AccumulatingBpWithAndWithoutReluMatchesSeparatePasses) {
-  const Case cases[] = {{21, 12, 8, 8, 10, 3, 3, 1, 1, 0.4}, {18, 12, 9, 8, 10, 3, 3, 2, 1, 0.4},
+  const Case cases[] = {{21, 12, 8, 8, 10, 3, 3, 1, 1, 0.4},
+                        {18, 12, 9, 8, 10, 3, 3, 2, 1, 0.4},
                         {33, 16, 7, 7, 8, 1, 1, 2, 0, 0.5}};
   for (const Case& cs : cases)
     for (SparseImpl impl : {SparseImpl::best, SparseImpl::scalar}) {
@@ -646,7 +648,8 @@ TEST(SparseConv, AccumulatingBpWithAndWithoutReluMatchesSeparatePasses) {
       const Tensor prior = random_plain(xs, rng).to_layout(Layout::NCHW16n);
       // A ReLU's output: zero at about half the positions, one channel all zero.
       Tensor relu_plain = random_plain(xs, rng);
-      for (int64_t i = 0; i < relu_plain.numel(); ++i) relu_plain.data()[i] = std::max(0.0f, relu_plain.data()[i]);
+      for (int64_t i = 0; i < relu_plain.numel(); ++i)
+        relu_plain.data()[i] = std::max(0.0f, relu_plain.data()[i]);
       for (int64_t n = 0; n < g.N; ++n)
         for (int64_t h = 0; h < g.H; ++h)
           for (int64_t x = 0; x < g.W; ++x) relu_plain.at(n, 3, h, x) = 0.0f;
