@@ -204,15 +204,20 @@ bool plane_is_zero(const float* plane, int64_t n_vec, const ChannelPrologue& cp)
 // image block nb into a slab [cga][rows][cols][16] (channel stride chan_stride), zero outside the
 // input, prologue applied. shared: the slab is shared by the team, whose threads each copy a share of
 // its rows (call from all of them; ends with a barrier); else the calling thread copies it all.
+// step > 1: slab row r, column q hold input row row_org + step * r, column col_org + step * q (a single-
+// tap convolution at stride `step` reads no other input position: the rest is not copied).
 template <class V>
 void build_slab(const float* in, int64_t Cin, int64_t Hin, int64_t Win, int64_t N, int64_t nb, int64_t c0,
                 int64_t cga, int64_t row_org, int64_t rows, int64_t col_org, int64_t cols,
-                int64_t chan_stride, const ConvPrologue& pro, float* slab, bool shared) {
+                int64_t chan_stride, const ConvPrologue& pro, float* slab, bool shared, int64_t step = 1) {
   const int64_t lanes = real_images(N, nb);
-  const int64_t w_lo = std::clamp<int64_t>(-col_org, 0, cols),
-                w_hi = std::clamp<int64_t>(Win - col_org, 0, cols);
+  // Slab columns [w_lo, w_hi) lie inside the input: col_org + step * q in [0, Win).
+  auto first_at_or_after = [&](int64_t x) {  // smallest q >= 0 with col_org + step * q >= x
+    return x <= col_org ? 0 : (x - col_org + step - 1) / step;
+  };
+  const int64_t w_lo = std::min(first_at_or_after(0), cols), w_hi = std::clamp(first_at_or_after(Win), w_lo, cols);
   auto copy_row = [&](int64_t u) {
-    const int64_t cl = u / rows, row = u % rows, c = c0 + cl, ih = row_org + row;
+    const int64_t cl = u / rows, row = u % rows, c = c0 + cl, ih = row_org + row * step;
     float* dst = slab + cl * chan_stride + row * cols * kLanes;
     if (ih < 0 || ih >= Hin || w_hi <= w_lo) {
       std::memset(dst, 0, sizeof(float) * cols * kLanes);
@@ -222,7 +227,12 @@ void build_slab(const float* in, int64_t Cin, int64_t Hin, int64_t Win, int64_t 
     if (w_lo > 0) std::memset(dst, 0, sizeof(float) * w_lo * kLanes);
     if (w_hi < cols) std::memset(dst + w_hi * kLanes, 0, sizeof(float) * (cols - w_hi) * kLanes);
     const ChannelPrologue cp(pro, c, lanes);
-    if (!cp.active) {
+    if (step > 1) {
+      for (int64_t col = w_lo; col < w_hi; ++col) {
+        const typename V::R v = V::load(src + col * step * kLanes);
+        V::store(dst + col * kLanes, cp.active ? cp.apply<V>(v) : v);
+      }
+    } else if (!cp.active) {
       std::memcpy(dst + w_lo * kLanes, src + w_lo * kLanes, sizeof(float) * (w_hi - w_lo) * kLanes);
     } else {
       for (int64_t col = w_lo; col < w_hi; ++col)
@@ -588,13 +598,16 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
   const int64_t drmax = *std::max_element(pb.drow.begin(), pb.drow.end());
   const int64_t dcmin = *std::min_element(pb.dcol.begin(), pb.dcol.end());
   const int64_t dcmax = *std::max_element(pb.dcol.begin(), pb.dcol.end());
-  const int shape = opt.tile ? opt.tile : auto_tile_shape(Jmax, ist);
+  // A single tap read at a stride (a strided 1x1 FF) reads one input position in ist x ist: the slab
+  // holds only those (sub = ist), a quarter of the input at stride 2, and the tiles read it at stride 1.
+  const int64_t sub = ist > 1 && drmin == drmax && dcmin == dcmax ? ist : 1, kst = ist / sub;
+  const int shape = opt.tile ? opt.tile : auto_tile_shape(Jmax, kst);
   const int64_t TP = tile_shape_rows(shape);
   const int64_t CG = opt.channel_group > 0 ? std::min<int64_t>(pb.Cin, opt.channel_group)
                                            : auto_channel_group(pb.nnz, pb.Cout, nph, pb.Cin);
   const int64_t ncg = (pb.Cin + CG - 1) / CG;
   const int nth = omp_get_max_threads();
-  const int64_t slab_cols = (Jmax - 1) * ist + dcmax - dcmin + 1;
+  const int64_t slab_cols = (Jmax - 1) * kst + dcmax - dcmin + 1;
   // Threads share out the output channels (each reads all of the input, its slabs are its own), or,
   // when the input outweighs the taps (large images: reading it once per thread would cost more memory
   // traffic than the taps, which each thread then reads whole), the image blocks.
@@ -607,12 +620,12 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
   if (BR <= 0) {
     const int64_t out_row_bytes =
         std::max<int64_t>(1, split_blocks ? pb.Cout : pb.Cout / nth) * Jmax * nph * kLanes * 4;
-    const int64_t in_row_bytes = CG * slab_cols * kLanes * 4 * ist;
+    const int64_t in_row_bytes = CG * slab_cols * kLanes * 4 * kst;
     BR = std::max<int64_t>(1, std::min(262144 / out_row_bytes, 262144 / std::max<int64_t>(1, in_row_bytes)));
     BR = std::max<int64_t>(TP, BR / TP * TP);
   }
   BR = std::min(BR, Imax);
-  const int64_t slab_rows_max = (BR - 1) * ist + drmax - drmin + 1;
+  const int64_t slab_rows_max = (BR - 1) * kst + drmax - drmin + 1;
   const int64_t chan_stride = slab_rows_max * slab_cols * kLanes;
   ws.slab_buffers(std::max(nth, 2), CG * chan_stride);
   split_by_cost(*pb.nnz_out, nth, ws.bounds);
@@ -697,13 +710,13 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
         }
         for (int64_t i0 = 0; i0 < Imax; i0 += BR) {
           const int64_t i1 = std::min(Imax, i0 + BR);
-          const int64_t row_org = i0 * ist + drmin, rows = (i1 - 1 - i0) * ist + drmax - drmin + 1;
+          const int64_t row_org = i0 * ist + drmin, rows = (i1 - 1 - i0) * kst + drmax - drmin + 1;
           for (int64_t cg = 0; cg < ncg; ++cg) {
             const int64_t c0 = cg * CG, cga = std::min(CG, pb.Cin - c0);
             float* const slab = ws.slab[shared ? parity : tid].data();
             parity ^= 1;
             build_slab<V>(pb.in, pb.Cin, pb.Hin, pb.Win, pb.N, nb, c0, cga, row_org, rows, dcmin, slab_cols,
-                          chan_stride, pro, slab, shared);
+                          chan_stride, pro, slab, shared, sub);
             const int32_t* off = cache.off.data();
             const float* val = pb.val;
             const int32_t* seg = cache.seg.data() + cg * nph * pb.Cout * 2;
@@ -740,7 +753,7 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
               c.slab = slab;
               c.i0 = i0;
               c.slab_cols = slab_cols;
-              c.ist = ist;
+              c.ist = kst;
               c.out_nb = pb.out + nb * pb.Cout * out_plane;
               c.out_plane = out_plane;
               c.part = ws.part[tid].data() + ph * no * part_plane;
@@ -962,7 +975,9 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
                     : Q >= 8                    ? 1
                                                 : 4;
   const int64_t TP = tile_shape_rows(shape);
-  const int64_t slab_cols = (Q - 1) * st + S;
+  // A strided 1x1 reads one x position in st x st: the slab holds only those, read at stride 1.
+  const int64_t sub = st > 1 && R == 1 && S == 1 ? st : 1, kst = st / sub;
+  const int64_t slab_cols = (Q - 1) * kst + S;
   // When the activations outweigh the taps (large images, few channels), each block's gradient is summed
   // on its own, and the blocks' sums are added in block order at the end: then the threads can split
   // the image blocks, each reading its share of x and dy once, instead of the output channels, each
@@ -973,9 +988,9 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
   const int nks = split_nb ? 1 : nth;  // shares of the output channels
   // Band: output rows whose slab (the group's channels) stays in L2 beside the tap sums.
   int64_t BR = opt.band_rows;
-  if (BR <= 0) BR = std::max<int64_t>(TP, 131072 / (CG * slab_cols * st * kLanes * 4) / TP * TP);
+  if (BR <= 0) BR = std::max<int64_t>(TP, 131072 / (CG * slab_cols * kst * kLanes * 4) / TP * TP);
   BR = std::min(BR, P);
-  const int64_t slab_rows_max = (BR - 1) * st + R;
+  const int64_t slab_rows_max = (BR - 1) * kst + R;
   const int64_t chan_stride = slab_rows_max * slab_cols * kLanes;
   ws.slab_buffers(std::max(nth, 2), CG * chan_stride);
   split_by_cost(w.nnz_per_k(), nks, ws.bounds);
@@ -1042,7 +1057,7 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
         for (int64_t k = k0; k < k1; ++k) dead[k - k0] = ws.zero_err[nb * K + k];
         for (int64_t i0 = 0; i0 < P; i0 += BR) {
           const int64_t rows = std::min(BR, P - i0);
-          const int64_t row_org = i0 * st - g.pad, slab_rows = (rows - 1) * st + R;
+          const int64_t row_org = i0 * st - g.pad, slab_rows = (rows - 1) * kst + R;
           const int64_t positions = n_real * rows * Q;
           // Few tiles per band: reducing each tile's sums at once costs less than zeroing, updating and
           // folding the per-tap vectors.
@@ -1053,12 +1068,12 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
             float* const slab = ws.slab[shared ? parity : tid].data();
             parity ^= 1;
             build_slab<V>(x, C, g.H, g.W, g.N, nb, c0, cga, row_org, slab_rows, -g.pad, slab_cols,
-                          chan_stride, pro, slab, shared);
+                          chan_stride, pro, slab, shared, sub);
             WgTileCtx c;
             c.slab = slab;
             c.i0 = i0;
             c.slab_cols = slab_cols;
-            c.ist = st;
+            c.ist = kst;
             c.dy_nb = dy + nb * K * dy_plane;
             c.dy_plane = dy_plane;
             c.Q = Q;
@@ -1106,9 +1121,9 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
               }
             }
             if (!direct) std::fill(pv, pv + nslots * kLanes, 0.0f);
-            if (st == 1)
+            if (kst == 1)
               wg_band<V, 1>(c, i0, i0 + rows, shape);
-            else if (st == 2)
+            else if (kst == 2)
               wg_band<V, 2>(c, i0, i0 + rows, shape);
             else
               wg_rows<V, 0>(c, i0, i0 + rows, 0, Q);
