@@ -215,7 +215,8 @@ void build_slab(const float* in, int64_t Cin, int64_t Hin, int64_t Win, int64_t 
   auto first_at_or_after = [&](int64_t x) {  // smallest q >= 0 with col_org + step * q >= x
     return x <= col_org ? 0 : (x - col_org + step - 1) / step;
   };
-  const int64_t w_lo = std::min(first_at_or_after(0), cols), w_hi = std::clamp(first_at_or_after(Win), w_lo, cols);
+  const int64_t w_lo = std::min(first_at_or_after(0), cols),
+                w_hi = std::clamp(first_at_or_after(Win), w_lo, cols);
   auto copy_row = [&](int64_t u) {
     const int64_t cl = u / rows, row = u % rows, c = c0 + cl, ih = row_org + row * step;
     float* dst = slab + cl * chan_stride + row * cols * kLanes;

@@ -362,8 +362,10 @@ TEST(SparseConv, SevenWideOutputsDefaultTiles) {
 // A strided 1x1 (the ResNet shortcut) copies only the input positions it reads into its slab: odd and
 // even sizes, strides 2 and 3, with and without padding.
 TEST(SparseConv, StridedOneByOneReadsASubsampledSlab) {
-  const Case cases[] = {{18, 12, 9, 11, 10, 1, 1, 2, 0, 0.5}, {17, 8, 10, 13, 6, 1, 1, 3, 0, 0.7},
-                        {16, 8, 9, 9, 8, 1, 1, 2, 1, 0.5},    {20, 16, 28, 28, 32, 1, 1, 2, 0, 0.1},
+  const Case cases[] = {{18, 12, 9, 11, 10, 1, 1, 2, 0, 0.5},
+                        {17, 8, 10, 13, 6, 1, 1, 3, 0, 0.7},
+                        {16, 8, 9, 9, 8, 1, 1, 2, 1, 0.5},
+                        {20, 16, 28, 28, 32, 1, 1, 2, 0, 0.1},
                         {5, 6, 8, 8, 7, 1, 1, 2, 0, 1.0}};
   int i = 0;
   for (const Case& c : cases) check_case(c, 500 + i++);
