@@ -229,7 +229,7 @@ void apply_impl(const Tensor& x, const float* scale, const float* shift, const f
   y.resize(x.shape(), x.layout());
   const float* px = x.data();
   float* py = y.data();
-  const bool stream = stream_output(g, {px, py, kAdd ? pr : px});
+  [[maybe_unused]] const bool stream = stream_output(g, {px, py, kAdd ? pr : px});
   if (!g.lane_channels()) {
 #pragma omp parallel for schedule(static)
     for (int64_t grp = 0; grp < g.groups; ++grp) {
@@ -390,7 +390,7 @@ void bp_apply_impl(const Tensor& x, const Tensor& dy, const float* a, const floa
   const float* px = x.data();
   const float* pd = dy.data();
   float* po = dx.data();
-  const bool stream = stream_output(g, {px, pd, po});
+  [[maybe_unused]] const bool stream = stream_output(g, {px, pd, po});
   if (!g.lane_channels()) {
 #pragma omp parallel for schedule(static)
     for (int64_t grp = 0; grp < g.groups; ++grp) {
