@@ -968,7 +968,7 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
       opt.channel_group > 0 ? std::min<int64_t>(C, opt.channel_group) : auto_channel_group(w.nnz(), K, 1, C);
   const int64_t ncg = (C + CG - 1) / CG;
   // 1x16 for wide outputs, 2x8, then 4x4; widths that are multiples of 7 but not of 8 (ResNet-20 on
-  // 28x28 images) in tiles that cover a row exactly, 14 or 7 positions wide (measured: 10-25% faster).
+  // 28x28 images) in tiles that cover a row exactly, 14 or 7 positions wide (measured: 10-24% faster).
   const int shape = opt.tile                    ? opt.tile
                     : Q % 14 == 0 && Q % 8 != 0 ? 7
                     : Q % 7 == 0 && Q % 8 != 0  ? 5
