@@ -692,7 +692,11 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
       FilteredTaps& ft = ws.filtered[tid];
 
       float* const lane_stats = stats ? ws.stats.data() + tid * pb.Cout * 2 * kLanes : nullptr;
-      for (int64_t nb = split_blocks ? tid : 0; nb < pb.NB; nb += split_blocks ? nth : 1) {
+      // Split: each thread a contiguous run of blocks, the share the element-wise passes (batch norm,
+      // adds: static schedules over blocks) give it, so that it reads what its own core wrote.
+      const int64_t nb_lo = split_blocks ? pb.NB * tid / nth : 0;
+      const int64_t nb_hi = split_blocks ? pb.NB * (tid + 1) / nth : pb.NB;
+      for (int64_t nb = nb_lo; nb < nb_hi; ++nb) {
         const int64_t n_real = real_images(pb.N, nb);
         const uint8_t* zero_nb = ws.zero_in.data() + nb * pb.Cin;
         const bool nb_has_zero = std::find(zero_nb, zero_nb + pb.Cin, uint8_t{1}) != zero_nb + pb.Cin;
@@ -1050,7 +1054,9 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
         for (int32_t e = fptr[k0 * C]; e < fptr[k1 * C]; ++e) part[e] = 0.0f;
 
       std::vector<uint8_t> dead(static_cast<size_t>(nk));
-      for (int64_t nb = split_nb ? tid : 0; nb < NB; nb += split_nb ? nth : 1) {
+      // Split: contiguous runs of blocks, as in corr_run.
+      const int64_t nb_lo = split_nb ? NB * tid / nth : 0, nb_hi = split_nb ? NB * (tid + 1) / nth : NB;
+      for (int64_t nb = nb_lo; nb < nb_hi; ++nb) {
         const int64_t n_real = real_images(g.N, nb);
         float* const grad = per_block ? ws.wg_blocks.data() + nb * nnz : part;
         if (per_block) std::fill(grad + fptr[k0 * C], grad + fptr[k1 * C], 0.0f);
