@@ -205,18 +205,22 @@ void batchnorm_stats(const Tensor& x, double* mean, double* var, std::vector<dou
 namespace {
 
 // Whether a pass over plain or NCHW16n runs writes its output with non-temporal stores: when the output
-// is larger than a core's L2 (its consumer, the next layer, reads it from memory anyway), so that its
-// lines are not first read for ownership; every pointer 64-byte aligned and every run whole vectors.
-// Measured on the input-gradient passes of ResNet-20's first stage (six batch norms, 6.4 MB tensors,
-// 90% sparse training): 4.1-4.3 -> 2.8-3.0 ms per step.
-bool stream_output(const Geometry& g, std::initializer_list<const float*> ptrs) {
+// is larger than min_bytes, so that its lines are not first read for ownership; every pointer 64-byte
+// aligned and every run whole vectors. The price: its readers then find it in memory, not in the shared
+// cache. Measured in 90% sparse training of ResNet-20 (6.4 MB first-stage tensors):
+//  - the input-gradient passes, above a core's L2 (2 MiB): 4.1-4.3 -> 2.8-3.0 ms per step for the
+//    first stage's six, and +3-8% images/s;
+//  - the forward apply (+ residual), read by three kernels (the next convolution's FF and WG and the
+//    next residual add): streaming its 6.4 MB outputs cost 1-3% images/s, so it streams only above
+//    8 MiB, as the convolutions' outputs do.
+bool stream_output(const Geometry& g, std::initializer_list<const float*> ptrs, int64_t min_bytes) {
 #ifdef __AVX512F__
-  if (g.lane_channels() || g.run % kLanes != 0 || g.groups * g.run * 4 <= (2 << 20)) return false;
+  if (g.lane_channels() || g.run % kLanes != 0 || g.groups * g.run * 4 <= min_bytes) return false;
   for (const float* p : ptrs)
     if (reinterpret_cast<uintptr_t>(p) % 64 != 0) return false;
   return true;
 #else
-  (void)g, (void)ptrs;
+  (void)g, (void)ptrs, (void)min_bytes;
   return false;
 #endif
 }
@@ -230,7 +234,7 @@ void apply_impl(const Tensor& x, const float* scale, const float* shift, const f
   y.resize(x.shape(), x.layout());
   const float* px = x.data();
   float* py = y.data();
-  [[maybe_unused]] const bool stream = stream_output(g, {px, py, kAdd ? pr : px});
+  [[maybe_unused]] const bool stream = stream_output(g, {px, py, kAdd ? pr : px}, 8 << 20);
   if (!g.lane_channels()) {
 #pragma omp parallel for schedule(static)
     for (int64_t grp = 0; grp < g.groups; ++grp) {
@@ -391,7 +395,7 @@ void bp_apply_impl(const Tensor& x, const Tensor& dy, const float* a, const floa
   const float* px = x.data();
   const float* pd = dy.data();
   float* po = dx.data();
-  [[maybe_unused]] const bool stream = stream_output(g, {px, pd, po});
+  [[maybe_unused]] const bool stream = stream_output(g, {px, pd, po}, 2 << 20);
   if (!g.lane_channels()) {
 #pragma omp parallel for schedule(static)
     for (int64_t grp = 0; grp < g.groups; ++grp) {

@@ -166,11 +166,13 @@ TEST(NormPool, BatchNormIsBitwiseIndependentOfThreadCount) {
   omp_set_num_threads(keep);
 }
 
-// Outputs larger than a core's L2 are written with non-temporal stores (plain and NCHW16n): the same
-// values as the formulas, the ReLU's and the residual's included, and the padding images still zero.
+// Large outputs are written with non-temporal stores (plain and NCHW16n; the input gradient above 2 MiB,
+// the forward apply above 8 MiB): the same values as the formulas, the ReLU's and the residual's
+// included, and the padding images still zero.
 TEST(NormPool, BatchNormPassesOverLargeTensorsMatchFormulas) {
   Rng rng(23);
-  const Shape s{20, 24, 28, 28};  // 2.4 MB in NCHW16n (two blocks, the second with 4 real images)
+  const Shape s{36, 24, 56,
+                56};  // 10.8 MB plain, 14.5 MB NCHW16n (three blocks, the last with 4 real images)
   const int64_t N = s[0], C = s[1], HW = s[2] * s[3];
   const Vec a = random_vec(C, rng), b = random_vec(C, rng), d = random_vec(C, rng);
   std::vector<float> af(a.begin(), a.end()), bf(b.begin(), b.end()), df(d.begin(), d.end());
