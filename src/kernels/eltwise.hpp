@@ -2,6 +2,9 @@
 // padding stays zero because zero + zero = zero).
 #pragma once
 
+#include <cstdint>
+#include <vector>
+
 #include "core/tensor.hpp"
 
 namespace trainer {
@@ -17,5 +20,9 @@ void add(const Tensor& a, const Tensor& b, Tensor& y, bool relu_after = false);
 // The backward of a ReLU whose output is y, written to dx0 and (when given) dx1 in one pass: each is dy
 // where y > 0, else 0 (an add with a fused ReLU hands the same gradient to both its inputs).
 void relu_bp_to_two(const Tensor& y, const Tensor& dy, Tensor& dx0, Tensor* dx1);
+// Zeroes the positions (h, w) of an NCHW16n tensor whose phase (h mod stride) * stride + w mod stride is
+// flagged in flags (stride * stride of them): what a strided BP left unwritten (see
+// SparseConvOptions::leave_phases), when no later writer writes it.
+void zero_phases(Tensor& t, const std::vector<uint8_t>& flags, int64_t stride);
 
 }  // namespace trainer

@@ -124,7 +124,21 @@ struct SparseConvOptions {
   // The backward of a ReLU whose output is relu_y, done by the last gradient written into that output
   // (Graph::backward) instead of a pass of its own; the same bits as the add, then the ReLU's backward.
   const Tensor* accumulate_relu = nullptr;
+  // BP at a stride, one flag per phase (a * stride + b: the dx positions (h, w) with h mod stride = a,
+  // w mod stride = b), stride * stride of them, or empty:
+  //  - leave_phases (not accumulating): the phases set here are left unwritten. Only phases that no tap
+  //    of the kernel reaches (sparse_conv_bp_tapless_phases) may be left: their dx is 0, and the next
+  //    writer of dx writes it (write_phases) instead of adding to a 0. A strided 1x1 convolution (the
+  //    ResNet shortcut) reaches one phase in four.
+  //  - write_phases (with accumulate_output): the phases set here are written (with accumulate_relu's
+  //    mask), the others added to, as above. The same values as adding to zeros.
+  const std::vector<uint8_t>* leave_phases = nullptr;
+  const std::vector<uint8_t>* write_phases = nullptr;
 };
+
+// Per phase of dx (a * stride + b), 1 where no tap of an R x S kernel at this stride and padding lands:
+// every dx there is 0 in the BP. Empty at stride 1.
+std::vector<uint8_t> sparse_conv_bp_tapless_phases(int64_t R, int64_t S, int64_t stride, int64_t pad);
 
 // Reusable buffers (slabs, per-thread tap programs, zero-plane flags, partial sums): one per layer or
 // per thread of control; kernels allocate only when a shape grows.

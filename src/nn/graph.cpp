@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <functional>
 
 #include "core/error.hpp"
@@ -63,8 +64,9 @@ std::shared_ptr<const Bitmap> Graph::map_of(const Tensor& t) {
 
 int Graph::add(std::unique_ptr<Layer> layer, std::vector<int> inputs) {
   TRAINER_CHECK(layer != nullptr, "graph: null layer");
-  TRAINER_CHECK(static_cast<int>(inputs.size()) == layer->num_inputs(), "layer '{}' ({}) takes {} inputs, given {}",
-                layer->name(), layer->kind(), layer->num_inputs(), inputs.size());
+  TRAINER_CHECK(static_cast<int>(inputs.size()) == layer->num_inputs(),
+                "layer '{}' ({}) takes {} inputs, given {}", layer->name(), layer->kind(),
+                layer->num_inputs(), inputs.size());
   for (int i : inputs)
     TRAINER_CHECK(i >= kInput && i < static_cast<int>(nodes_.size()),
                   "layer '{}' reads node {}, which does not exist yet", layer->name(), i);
@@ -75,7 +77,9 @@ int Graph::add(std::unique_ptr<Layer> layer, std::vector<int> inputs) {
   return last();
 }
 
-int Graph::add(std::unique_ptr<Layer> layer) { return add(std::move(layer), {nodes_.empty() ? kInput : last()}); }
+int Graph::add(std::unique_ptr<Layer> layer) {
+  return add(std::move(layer), {nodes_.empty() ? kInput : last()});
+}
 
 Shape Graph::check(const Shape& input_shape) const {
   TRAINER_CHECK(!nodes_.empty(), "graph: the model has no layers");
@@ -130,8 +134,9 @@ int Graph::fuse_affine_inputs() {
     const int ni = static_cast<int>(n.inputs.size());
     for (int k = 0; k < ni; ++k) {
       const int j = n.inputs[k];
-      if (j == kInput || readers[j] != 1 || nodes_[j].affine_reader >= 0 || !nodes_[j].layer->can_defer_affine() ||
-          nodes_[j].inputs.size() != 1 || !n.layer->can_take_affine_input(nodes_[j].layer->fused_relu()))
+      if (j == kInput || readers[j] != 1 || nodes_[j].affine_reader >= 0 ||
+          !nodes_[j].layer->can_defer_affine() || nodes_[j].inputs.size() != 1 ||
+          !n.layer->can_take_affine_input(nodes_[j].layer->fused_relu()))
         continue;
       nodes_[j].affine_reader = i;
       n.affine_input = k;
@@ -205,7 +210,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
   Node& out = nodes_.back();
   TRAINER_CHECK(dy.shape() == out.y.shape(), "graph: output gradient has shape {}, the output has {}",
                 shape_str(dy.shape()), shape_str(out.y.shape()));
-  for (auto& n : nodes_) n.dy_set = false, n.dy_nz.reset(), n.dy_shared = -1;
+  for (auto& n : nodes_) n.dy_set = false, n.dy_nz.reset(), n.dy_shared = -1, n.dy_phases.clear();
   shared_gradients_ = 0;
   fused_relu_backwards_ = 0;
   out.dy = dy;
@@ -234,8 +239,28 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
     return fuse_relu_bp && nj.layer->fused_relu() && nj.layer->same_dx_for_inputs() && !nj.deferred &&
            !readers[j].empty() && readers[j].front() == i;
   };
+  // A strided layer whose BP reaches only some phases of dx (a ResNet shortcut's 1x1 at stride 2), the
+  // first of two writers of that gradient, may leave the other phases unwritten when the second writer
+  // (a later-in-backward reader that adds its share) reaches every phase of the same stride: that one
+  // writes them instead of adding to zeros (Layer::set_dx_phases). Three in four of the shortcut's
+  // writes, and of the second writer's reads, are saved; the values are the same.
+  auto leaves_phases_for = [&](int i, int j) {
+    const Node& a = nodes_[i];
+    if (readers[j].size() != 2 || readers[j][1] != i || a.inputs.size() != 1) return false;
+    const Node& b = nodes_[readers[j][0]];
+    const int64_t st = a.layer->dx_phase_stride();
+    return st > 1 && !a.layer->tapless_dx_phases().empty() && b.inputs.size() == 1 &&
+           b.layer->can_accumulate_dx() && b.layer->dx_phase_stride() == st &&
+           b.layer->tapless_dx_phases().empty();
+  };
   for (int i = last(); i >= 0; --i) {
     Node& n = nodes_[i];
+    if (!n.dy_phases.empty()) {
+      // Its second writer did not run (nothing downstream of it reaches the loss): the phases its
+      // first writer left are zero.
+      zero_phases(dy_of(i), n.dy_phases, static_cast<int64_t>(std::lround(std::sqrt(n.dy_phases.size()))));
+      n.dy_phases.clear();
+    }
     if (n.fused_into >= 0) {
       // Its producer takes the gradient through it; the producer's dy (the gradient of this ReLU's
       // output) is final here, since every reader of the ReLU comes after it.
@@ -278,6 +303,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
     // residual shortcut is) go through scratch and are added.
     std::vector<Tensor*> dxs(n.inputs.size(), nullptr);
     std::vector<int> accumulate;
+    int phases_written = -1;  // the input whose left phases this layer's bp writes
     bool any = false;
     for (size_t k = 0; k < n.inputs.size(); ++k) {
       const int j = n.inputs[k];
@@ -285,9 +311,14 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
       any = true;
       if (!nodes_[j].dy_set) {
         dxs[k] = &nodes_[j].dy;
+        if (leaves_phases_for(i, j)) n.layer->set_dx_phases(&nodes_[j].dy_phases, true);
       } else if (n.inputs.size() == 1 && n.layer->can_accumulate_dx()) {
         dxs[k] = &dy_of(j);  // the layer adds its gradient to the one already there
         n.layer->set_accumulate_dx(true);
+        if (!nodes_[j].dy_phases.empty()) {
+          n.layer->set_dx_phases(&nodes_[j].dy_phases, false);
+          phases_written = j;
+        }
         if (relu_bp_by(j, i) && n.layer->can_relu_bp_accumulated_dx()) {
           n.layer->set_accumulate_relu(&nodes_[j].y);
           relu_done[j] = 1;
@@ -334,6 +365,8 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
     n.layer->bp(xs, n.y, dy_n, dxs);
     n.layer->set_accumulate_dx(false);
     n.layer->set_accumulate_relu(nullptr);
+    n.layer->set_dx_phases(nullptr, false);
+    if (phases_written >= 0) nodes_[phases_written].dy_phases.clear();  // the second writer wrote them
     for (int k : accumulate) {
       const int j = n.inputs[k];
       if (relu_bp_by(j, i)) {

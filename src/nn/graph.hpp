@@ -71,15 +71,18 @@ class Graph {
   struct Node {
     std::unique_ptr<Layer> layer;
     std::vector<int> inputs;
-    Tensor y;      // output of the last forward
-    Tensor dy;     // gradient w.r.t. y, during backward
+    Tensor y;   // output of the last forward
+    Tensor dy;  // gradient w.r.t. y, during backward
     bool dy_set = false;
-    int fused_into = -1;  // a ReLU fused into this node (see fuse_relus)
-    int dy_shared = -1;   // during backward: this node's dy is node dy_shared's (see backward)
+    int fused_into = -1;     // a ReLU fused into this node (see fuse_relus)
+    int dy_shared = -1;      // during backward: this node's dy is node dy_shared's (see backward)
     int affine_reader = -1;  // the layer that applies this batch norm (see fuse_affine_inputs)
     int affine_input = -1;   // which input's batch norm this layer applies
     bool deferred = false;   // this forward: y was not written, its reader applied the map
     std::shared_ptr<const Bitmap> dy_nz;  // map of dy in this backward, when a fused ReLU built it first
+    // During backward: the phases of dy its first writer left unwritten, for its second to write
+    // (Layer::set_dx_phases); empty when none are pending.
+    std::vector<uint8_t> dy_phases;
     std::shared_ptr<const Bitmap> x_nz, w_nz;  // operand maps of the last ff, when captured
     std::shared_ptr<const Bitmap> y_nz;        // map of y in this forward, shared by the layers reading it
   };

@@ -24,7 +24,7 @@ namespace trainer {
 
 // A trainable tensor and its gradient (same shape, plain layout).
 struct Param {
-  std::string name;       // "<layer>.weight", "<layer>.bias", ...
+  std::string name;  // "<layer>.weight", "<layer>.bias", ...
   Tensor value;
   Tensor grad;
   bool weight_decay = true;  // biases and batch-norm affine parameters are exempt
@@ -119,6 +119,19 @@ class Layer {
   virtual bool can_relu_bp_accumulated_dx() const { return false; }
   void set_accumulate_relu(const Tensor* relu_y) { accumulate_relu_ = relu_y; }
 
+  // Strided BP (see SparseConvOptions::leave_phases): per phase of dx (a * stride + b), 1 where no tap
+  // reaches, so that every dx there is 0; empty when there are none (stride 1, or this layer cannot
+  // leave them). A gradient with two writers: when the first writer has such phases and the second
+  // reaches every phase of the same stride, the graph lets the first leave them unwritten
+  // (set_dx_phases(&flags, true): bp sets flags to the phases it left, or clears them) and the second
+  // write them instead of adding to zeros (set_dx_phases(&flags, false)), for one bp call each.
+  virtual std::vector<uint8_t> tapless_dx_phases() const { return {}; }
+  virtual int64_t dx_phase_stride() const { return 0; }
+  void set_dx_phases(std::vector<uint8_t>* flags, bool first) {
+    dx_phases_ = flags;
+    dx_phases_first_ = first;
+  }
+
   // Whether bp gives every input the same gradient (an add). The graph may then have bp write it once
   // and let a second input read the first one's copy (see Graph::backward); bp leaves a null dx alone.
   virtual bool same_dx_for_inputs() const { return false; }
@@ -144,6 +157,8 @@ class Layer {
   bool fused_relu_ = false;
   bool accumulate_dx_ = false;
   const Tensor* accumulate_relu_ = nullptr;
+  std::vector<uint8_t>* dx_phases_ = nullptr;
+  bool dx_phases_first_ = false;
   bool defer_affine_ = false;
   AffineInput affine_input_;
 

@@ -703,6 +703,101 @@ TEST(SparseConv, AccumulatingBpWithAndWithoutReluMatchesSeparatePasses) {
     }
 }
 
+// A strided BP reaches only the dx phases its taps land in: a 1x1 at stride 2 one in four. As the first
+// writer of a gradient it may leave the others unwritten (leave_phases), and the second writer, which
+// reaches every phase, writes them instead of adding to zeros (write_phases): the values of writing
+// both shares in full and adding them (then masking through the ReLU).
+TEST(SparseConv, StridedBpLeavesTaplessPhasesForTheNextWriter) {
+  EXPECT_EQ(sparse_conv_bp_tapless_phases(1, 1, 2, 0), (std::vector<uint8_t>{0, 1, 1, 1}));
+  EXPECT_EQ(sparse_conv_bp_tapless_phases(3, 3, 2, 1), (std::vector<uint8_t>{0, 0, 0, 0}));
+  // rows: tap r = 0 lands in phase (0 - 1) mod 2 = 1, none in row phase 0
+  EXPECT_EQ(sparse_conv_bp_tapless_phases(1, 3, 2, 1), (std::vector<uint8_t>{1, 1, 0, 0}));
+  EXPECT_EQ(sparse_conv_bp_tapless_phases(1, 1, 3, 0), (std::vector<uint8_t>{0, 1, 1, 1, 1, 1, 1, 1, 1}));
+  EXPECT_TRUE(sparse_conv_bp_tapless_phases(3, 3, 1, 1).empty());
+
+  const Case first{18, 12, 9, 9, 10, 1, 1, 2, 0, 0.5};  // the shortcut: odd sizes, a partial block
+  const Case second{18, 12, 9, 9, 8, 3, 3, 2, 1, 0.4};  // the branch's first convolution
+  const ConvGeom ga = geom_of(first), gb = geom_of(second);
+  const Shape xs{ga.N, ga.C, ga.H, ga.W};
+  Rng rng(61);
+  SparseWeights swa, swb;
+  const Tensor wa = random_plain({ga.K, ga.C, 1, 1}, rng), wb = random_plain({gb.K, gb.C, 3, 3}, rng);
+  swa.build(wa, random_mask(wa.shape(), first.density, 1, rng), 2, 0);
+  swb.build(wb, random_mask(wb.shape(), second.density, 1, rng), 2, 1);
+  const Tensor dya = random_plain({ga.N, ga.K, ga.P(), ga.Q()}, rng).to_layout(Layout::NCHW16n);
+  const Tensor dyb = random_plain({gb.N, gb.K, gb.P(), gb.Q()}, rng).to_layout(Layout::NCHW16n);
+  Tensor relu_plain = random_plain(xs, rng);
+  for (int64_t i = 0; i < relu_plain.numel(); ++i)
+    relu_plain.data()[i] = std::max(0.0f, relu_plain.data()[i]);
+  const Tensor relu_y = relu_plain.to_layout(Layout::NCHW16n);
+  const std::vector<uint8_t> left = sparse_conv_bp_tapless_phases(1, 1, 2, 0);
+  auto phase_of = [&](int64_t i) {  // storage index of NCHW16n -> phase of its (h, w)
+    const int64_t pos = (i / 16) % (ga.H * ga.W), h = pos / ga.W, w = pos % ga.W;
+    return (h % 2) * 2 + w % 2;
+  };
+  for (SparseImpl impl : {SparseImpl::best, SparseImpl::scalar})
+    for (bool relu : {false, true}) {
+      SCOPED_TRACE(std::string(impl == SparseImpl::best ? "best" : "scalar") + (relu ? " relu" : ""));
+      SparseConvScratch sa, sb;
+      // Both shares in full, added (and masked) in separate passes.
+      Tensor share_a, share_b;
+      sparse_conv_bp(dya, swa, xs, share_a, sa, with_impl(impl));
+      sparse_conv_bp(dyb, swb, xs, share_b, sb, with_impl(impl));
+      Tensor want = share_a;
+      if (relu)
+        add_inplace_relu_bp(want, share_b, relu_y);
+      else
+        add_inplace(want, share_b);
+
+      Tensor got(xs, Layout::NCHW16n);
+      std::fill_n(got.data(), got.storage_size(), std::nanf(""));
+      SparseConvOptions oa = with_impl(impl);
+      oa.leave_phases = &left;
+      sparse_conv_bp(dya, swa, xs, got, sa, oa);
+      int64_t untouched = 0;
+      for (int64_t i = 0; i < got.storage_size(); ++i) {
+        if (left[phase_of(i)]) {
+          ASSERT_TRUE(std::isnan(got.data()[i])) << i;  // left unwritten
+          ++untouched;
+        } else {
+          ASSERT_EQ(got.data()[i], share_a.data()[i]) << i;
+        }
+      }
+      EXPECT_GT(untouched, got.storage_size() / 2);
+      SparseConvOptions ob = with_impl(impl);
+      ob.accumulate_output = true;
+      ob.accumulate_relu = relu ? &relu_y : nullptr;
+      ob.write_phases = &left;
+      sparse_conv_bp(dyb, swb, xs, got, sb, ob);
+      for (int64_t i = 0; i < got.storage_size(); ++i) ASSERT_EQ(got.data()[i], want.data()[i]) << i;
+    }
+
+  // Only tap-less phases may be left, by a first writer; flags are one per phase; write_phases adds.
+  SparseConvScratch sc;
+  Tensor dx;
+  const std::vector<uint8_t> all(4, 1), three(3, 0);
+  SparseConvOptions bad;
+  bad.leave_phases = &all;
+  EXPECT_THROW(sparse_conv_bp(dyb, swb, xs, dx, sc, bad), Error);  // the 3x3 reaches every phase
+  bad.leave_phases = &three;
+  EXPECT_THROW(sparse_conv_bp(dya, swa, xs, dx, sc, bad), Error);
+  bad = SparseConvOptions{};
+  bad.write_phases = &left;
+  EXPECT_THROW(sparse_conv_bp(dyb, swb, xs, dx, sc, bad), Error);
+  sparse_conv_bp(dya, swa, xs, dx, sc, SparseConvOptions{});
+  bad = SparseConvOptions{};
+  bad.accumulate_output = true;
+  bad.leave_phases = &left;
+  EXPECT_THROW(sparse_conv_bp(dya, swa, xs, dx, sc, bad), Error);
+
+  // What the graph does when no second writer comes: zero the left phases.
+  Tensor z(xs, Layout::NCHW16n);
+  std::fill_n(z.data(), z.storage_size(), 1.0f);
+  zero_phases(z, left, 2);
+  for (int64_t i = 0; i < z.storage_size(); ++i) ASSERT_EQ(z.data()[i], left[phase_of(i)] ? 0.0f : 1.0f) << i;
+  EXPECT_THROW(zero_phases(z, three, 2), Error);
+}
+
 // Called from inside a parallel region (nested parallelism off), the kernels get a team of one thread
 // but planned for more: every share must still be computed.
 TEST(SparseConv, CalledFromInsideAParallelRegion) {

@@ -36,7 +36,8 @@ std::vector<double> plain_double(const Tensor& t) {
   return std::vector<double>(p.data(), p.data() + p.numel());
 }
 
-void expect_close(const std::vector<double>& got, const std::vector<double>& want, double tol, const char* what) {
+void expect_close(const std::vector<double>& got, const std::vector<double>& want, double tol,
+                  const char* what) {
   ASSERT_EQ(got.size(), want.size()) << what;
   for (size_t i = 0; i < got.size(); ++i)
     ASSERT_NEAR(got[i], want[i], tol * (1.0 + std::abs(want[i]))) << what << " at " << i;
@@ -99,7 +100,8 @@ TEST_P(ConvSparse, EveryPhaseMatchesTheReferenceOnMaskedWeights) {
       ASSERT_NEAR(dw.data()[i], dwd[i], 1e-4 * (1.0 + std::abs(dwd[i]))) << "wg at " << i;
   }
   if (cs.bias)  // NOLINT
-    expect_close(std::vector<double>(conv.bias().grad.data(), conv.bias().grad.data() + cs.K), dbd, 1e-4, "db");
+    expect_close(std::vector<double>(conv.bias().grad.data(), conv.bias().grad.data() + cs.K), dbd, 1e-4,
+                 "db");
 
   // bp
   Tensor dx;
@@ -123,6 +125,56 @@ TEST_P(ConvSparse, EveryPhaseMatchesTheReferenceOnMaskedWeights) {
   std::vector<double> want_sum(dxd.size());
   for (size_t i = 0; i < dxd.size(); ++i) want_sum[i] = earlier_d[i] + dxd[i];
   expect_close(plain_double(sum), want_sum, 1e-4, "bp added to an earlier gradient");
+
+  // The strided phase plan (Layer::set_dx_phases), in whichever kernel ran.
+  if (cs.stride > 1) {
+    const int64_t st = cs.stride, H = cs.H;
+    auto phase_of = [&](size_t i) {  // plain index -> phase of its (h, w)
+      const int64_t pos = static_cast<int64_t>(i) % (H * H);
+      return static_cast<size_t>((pos / H) % st * st + pos % H % st);
+    };
+    std::vector<uint8_t> tapless = conv.tapless_dx_phases();
+    if (!tapless.empty()) {
+      // First writer: the sparse kernel leaves the tap-less phases and says so; dense leaves none.
+      std::vector<uint8_t> flags;
+      Tensor first(x16.shape(), Layout::NCHW16n);
+      std::fill_n(first.data(), first.storage_size(), std::nanf(""));
+      std::vector<Tensor*> firsts{&first};
+      conv.set_dx_phases(&flags, true);
+      conv.bp({&x16}, y, dy16, firsts);
+      conv.set_dx_phases(nullptr, false);
+      if (conv.last_kernel(ConvPhase::bp) == ConvKernel::sparse)
+        EXPECT_EQ(flags, tapless);
+      else
+        EXPECT_TRUE(flags.empty());
+      const std::vector<double> fd = plain_double(first);
+      for (size_t i = 0; i < fd.size(); ++i) {
+        if (!flags.empty() && flags[phase_of(i)]) {
+          ASSERT_TRUE(std::isnan(fd[i])) << i;
+        } else {
+          ASSERT_NEAR(fd[i], dxd[i], 1e-4 * (1.0 + std::abs(dxd[i]))) << i;
+        }
+      }
+    } else {
+      // Second writer: where the first left phases (NaN here), it writes; elsewhere it adds.
+      std::vector<uint8_t> flags(static_cast<size_t>(st * st), 0);
+      flags[1] = 1;
+      flags.back() = 1;
+      Tensor prior = earlier;
+      for (size_t i = 0; i < earlier_d.size(); ++i)
+        if (flags[phase_of(i)]) prior.data()[i] = std::nanf("");
+      Tensor second = prior.to_layout(Layout::NCHW16n);
+      std::vector<Tensor*> seconds{&second};
+      conv.set_accumulate_dx(true);
+      conv.set_dx_phases(&flags, false);
+      conv.bp({&x16}, y, dy16, seconds);
+      conv.set_dx_phases(nullptr, false);
+      conv.set_accumulate_dx(false);
+      std::vector<double> want(dxd.size());
+      for (size_t i = 0; i < dxd.size(); ++i) want[i] = flags[phase_of(i)] ? dxd[i] : want_sum[i];
+      expect_close(plain_double(second), want, 1e-4, "bp writing the phases a first writer left");
+    }
+  }
 
   // Counters: each phase accounts for every multiply of the dense convolution; the sparse kernels
   // skip exactly the pruned taps' multiplies in ff (N*P*Q per pruned tap).
@@ -251,7 +303,8 @@ TEST(ConvSparseSums, BatchNormTakesItsStatisticsFromTheConvolution) {
     keep[i] = rng.uniform() < 0.2 ? 1 : 0;
     if (!keep[i]) w.data()[i] = 0.0f;
   }
-  for (int64_t k = 0; k < 32; ++k) conv.bias().value.data()[k] = static_cast<float>(k) * 0.1f;  // a nonzero mean
+  for (int64_t k = 0; k < 32; ++k)
+    conv.bias().value.data()[k] = static_cast<float>(k) * 0.1f;  // a nonzero mean
   SparsityContext ctx;
   ctx.mode = KernelMode::sparse;
   conv.set_sparsity(keep.data(), &ctx);

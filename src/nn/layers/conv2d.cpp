@@ -1,5 +1,6 @@
 #include "nn/layers/conv2d.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.hpp"
@@ -165,6 +166,11 @@ void Conv2d::ff(const std::vector<const Tensor*>& x, Tensor& y, bool /*training*
   }
 }
 
+std::vector<uint8_t> Conv2d::tapless_dx_phases() const {
+  std::vector<uint8_t> v = sparse_conv_bp_tapless_phases(R_, R_, stride_, pad_);
+  return std::find(v.begin(), v.end(), uint8_t{1}) != v.end() ? v : std::vector<uint8_t>{};
+}
+
 void Conv2d::bp(const std::vector<const Tensor*>& x, const Tensor& /*y*/, const Tensor& dy,
                 const std::vector<Tensor*>& dx) {
   TRAINER_CHECK(x.size() == 1 && x[0] && dx.size() == 1, "conv2d '{}': needs one input", name());
@@ -176,7 +182,14 @@ void Conv2d::bp(const std::vector<const Tensor*>& x, const Tensor& /*y*/, const 
   // result goes through scratch and is added. Either takes the sum through a ReLU's backward when the
   // graph asks (set_accumulate_relu).
   const Tensor* relu = accumulate_dx_ ? accumulate_relu_ : nullptr;
+  // The phase plan (Layer::set_dx_phases): as the first writer, the sparse kernel leaves the tap-less
+  // phases (any other kernel leaves none); as the second, it writes the phases the first one left, and
+  // a dense result is added to zeros there.
+  std::vector<uint8_t>* phases = dx_phases_;
+  if (phases && dx_phases_first_) phases->clear();
+  const bool write_left = phases && !dx_phases_first_ && accumulate_dx_ && !phases->empty();
   auto add_to_dx = [&] {
+    if (write_left) zero_phases(*dx[0], *phases, stride_);
     if (relu)
       add_inplace_relu_bp(*dx[0], dx_sum_, *relu);
     else
@@ -195,6 +208,11 @@ void Conv2d::bp(const std::vector<const Tensor*>& x, const Tensor& /*y*/, const 
     SparseConvOptions opt;
     opt.accumulate_output = accumulate_dx_;
     opt.accumulate_relu = relu;
+    if (phases && dx_phases_first_ && !accumulate_dx_) {
+      *phases = sparse_conv_bp_tapless_phases(R_, R_, stride_, pad_);
+      opt.leave_phases = phases;
+    }
+    if (write_left) opt.write_phases = phases;
     record(ConvPhase::bp, k, sparse_conv_bp(dy, sw_, in.shape(), *dx[0], scratch_bp_, opt));
   } else {
     // oneDNN's bp reads only x's shape and layout; ff may not have reordered x (it ran sparse).

@@ -52,6 +52,8 @@ class Conv2d : public Layer {
   std::vector<Param*> params() override;
   bool can_accumulate_dx() const override { return true; }
   bool can_relu_bp_accumulated_dx() const override { return true; }
+  std::vector<uint8_t> tapless_dx_phases() const override;
+  int64_t dx_phase_stride() const override { return stride_; }
   // A deferred batch norm (+ ReLU) on the input: the sparse kernels apply it in their prologue as they
   // read x (ff and wg; bp does not read x); the dense paths write the normalised input out first.
   bool can_take_affine_input(bool /*relu*/) const override { return true; }
@@ -97,14 +99,14 @@ class Conv2d : public Layer {
 
   const uint8_t* keep_ = nullptr;
   const SparsityContext* ctx_ = nullptr;
-  SparseWeights sw_;       // the weight's kept taps
+  SparseWeights sw_;  // the weight's kept taps
   bool sw_built_ = false;
   uint64_t sw_generation_ = 0;
   SparseWeights sw_full_;  // every tap: a dense WG on the sparse kernels
   SparseConvScratch scratch_ff_, scratch_bp_, scratch_wg_;
-  Tensor xr_, yr_, dyr_, dxr_;  // activations reordered for oneDNN (dense kernel on NCHW16n)
-  Tensor dx_sum_;               // oneDNN's input gradient when it is to be added (accumulate_dx_)
-  Tensor x_applied_;            // the input with the deferred batch norm applied, for dense paths
+  Tensor xr_, yr_, dyr_, dxr_;           // activations reordered for oneDNN (dense kernel on NCHW16n)
+  Tensor dx_sum_;                        // oneDNN's input gradient when it is to be added (accumulate_dx_)
+  Tensor x_applied_;                     // the input with the deferred batch norm applied, for dense paths
   const float* x_applied_of_ = nullptr;  // the input it was computed from, this step (null: none)
   struct Last {
     ConvKernel kernel = ConvKernel::dense;
