@@ -364,8 +364,8 @@ struct TileCtx {
   // (write_phases) was not touched this step. Measured at 90% (ResNet-20's stride-2 blocks, per call):
   // the shortcut's BP 0.41 -> 0.31 ms, the second writer's 1.03-1.12 -> 0.80-0.85 ms.
   bool prefetch_out = false;
-  const float* relu_nb =
-      nullptr;  // keep the result (the sum, accumulating) only where this (out's layout) is > 0
+  // Keep the result (the sum, when accumulating) only where this (out's layout) is > 0.
+  const float* relu_nb = nullptr;
   const int32_t* off = nullptr;
   const float* val = nullptr;
   const int32_t* seg = nullptr;  // entries of output channel o: [seg[2o], seg[2o + 1])

@@ -2,7 +2,6 @@
 
 #include <fmt/format.h>
 
-#include <cmath>
 #include <functional>
 
 #include "core/error.hpp"
@@ -258,7 +257,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
     if (!n.dy_phases.empty()) {
       // Its second writer did not run (nothing downstream of it reaches the loss): the phases its
       // first writer left are zero.
-      zero_phases(dy_of(i), n.dy_phases, static_cast<int64_t>(std::lround(std::sqrt(n.dy_phases.size()))));
+      zero_phases(dy_of(i), n.dy_phases, n.dy_phase_stride);
       n.dy_phases.clear();
     }
     if (n.fused_into >= 0) {
@@ -311,7 +310,10 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
       any = true;
       if (!nodes_[j].dy_set) {
         dxs[k] = &nodes_[j].dy;
-        if (leaves_phases_for(i, j)) n.layer->set_dx_phases(&nodes_[j].dy_phases, true);
+        if (leaves_phases_for(i, j)) {
+          n.layer->set_dx_phases(&nodes_[j].dy_phases, true);
+          nodes_[j].dy_phase_stride = n.layer->dx_phase_stride();
+        }
       } else if (n.inputs.size() == 1 && n.layer->can_accumulate_dx()) {
         dxs[k] = &dy_of(j);  // the layer adds its gradient to the one already there
         n.layer->set_accumulate_dx(true);

@@ -83,6 +83,7 @@ class Graph {
     // During backward: the phases of dy its first writer left unwritten, for its second to write
     // (Layer::set_dx_phases); empty when none are pending.
     std::vector<uint8_t> dy_phases;
+    int64_t dy_phase_stride = 0;
     std::shared_ptr<const Bitmap> x_nz, w_nz;  // operand maps of the last ff, when captured
     std::shared_ptr<const Bitmap> y_nz;        // map of y in this forward, shared by the layers reading it
   };

@@ -111,3 +111,61 @@ TEST(SharedGradients, SameNumbersAsWritingBothCopies) {
       }
     }
 }
+
+// The strided phase plan (Layer::set_dx_phases): a 1x1 stride-2 convolution, first writer of its input's
+// gradient, leaves the three phases its taps do not reach for a 3x3 stride-2 reader to write. When that
+// reader's output does not reach the loss, it never runs, and the graph zeroes the phases instead: the
+// gradients are those of the same graph with the dead reader at stride 1 (no plan), in sparse kernels.
+namespace {
+
+std::vector<Tensor> dead_reader_grads(int64_t dead_stride) {
+  Graph g;
+  int x = g.add(std::make_unique<Conv2d>("stem", 1, 8, 3, 1, 1), {Graph::kInput});
+  g.add(std::make_unique<Conv2d>("dead", 8, 8, 3, dead_stride, 1), {x});  // read by nobody
+  x = g.add(std::make_unique<Conv2d>("proj", 8, 16, 1, 2, 0), {x});
+  x = g.add(std::make_unique<GlobalAvgPool>("gap"), {x});
+  x = g.add(std::make_unique<Flatten>("flatten"), {x});
+  g.add(std::make_unique<Linear>("fc", 16, 5), {x});
+  Rng init(5);
+  g.init(init, InitScheme::kaiming);
+  g.set_input_layout(Layout::NCHW16n);
+  SparsityContext ctx;
+  ctx.mode = KernelMode::sparse;
+  std::vector<std::vector<uint8_t>> keeps;
+  for (int i : {0, 1, 2}) {
+    auto& conv = dynamic_cast<Conv2d&>(g.layer(i));
+    keeps.emplace_back(static_cast<size_t>(conv.weight().value.numel()), 1);
+    conv.set_sparsity(keeps.back().data(), &ctx);
+  }
+  // The first step, on 10x10 images, writes the stem's gradient buffer; the second, on 9x9 images, reuses
+  // it (32 images: a whole number of blocks, so the resize does not clear it), and the positions its
+  // 1x1 stride-2 BP leaves hold the first step's values unless the graph zeroes them.
+  for (int rep = 0; rep < 2; ++rep) {
+    ctx.mode = rep == 0 ? KernelMode::dense : KernelMode::sparse;
+    ++ctx.mask_generation;
+    const int64_t hw = rep == 0 ? 10 : 9;
+    Tensor in({32, 1, hw, hw});
+    Rng data(3);
+    for (int64_t i = 0; i < in.numel(); ++i) in.data()[i] = static_cast<float>(data.uniform() * 2.0 - 0.5);
+    const Tensor out = g.forward(in, /*training=*/true).to_layout(Layout::plain);
+    Tensor dy(out.shape());
+    for (int64_t i = 0; i < dy.numel(); ++i) dy.data()[i] = static_cast<float>(std::sin(0.37 * i + rep));
+    g.backward(dy);
+  }
+  EXPECT_EQ(dynamic_cast<Conv2d&>(g.layer(2)).last_kernel(ConvPhase::bp), ConvKernel::sparse);
+  std::vector<Tensor> grads;
+  for (Param* p : g.params()) grads.push_back(p->grad.to_layout(Layout::plain));
+  return grads;
+}
+
+}  // namespace
+
+TEST(SharedGradients, PhasesLeftForAReaderThatNeverRunsAreZeroed) {
+  const std::vector<Tensor> ref = dead_reader_grads(1), got = dead_reader_grads(2);
+  ASSERT_EQ(ref.size(), got.size());
+  for (size_t i = 0; i < ref.size(); ++i) {
+    ASSERT_EQ(ref[i].shape(), got[i].shape());
+    for (int64_t e = 0; e < ref[i].numel(); ++e)
+      ASSERT_EQ(ref[i].data()[e], got[i].data()[e]) << "param " << i << " element " << e;
+  }
+}
