@@ -209,7 +209,7 @@ void Conv2d::bp(const std::vector<const Tensor*>& x, const Tensor& /*y*/, const 
     opt.accumulate_output = accumulate_dx_;
     opt.accumulate_relu = relu;
     if (phases && dx_phases_first_ && !accumulate_dx_) {
-      *phases = sparse_conv_bp_tapless_phases(R_, R_, stride_, pad_);
+      *phases = tapless_dx_phases();
       opt.leave_phases = phases;
     }
     if (write_left) opt.write_phases = phases;
