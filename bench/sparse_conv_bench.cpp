@@ -56,9 +56,12 @@ const Layer kLayers[] = {
 // ResNet-20 (width 16) on Fashion-MNIST (28x28) at batch 128 (--set resnet20): the convs of the
 // end-to-end sparse-training measurement, including the 1x1 stride-2 shortcuts.
 const Layer kResNet20[] = {
-    {"r20 16->16 @28x28", 128, 16, 28, 28, 16, 3, 1, 1},   {"r20 16->32 @28x28 s2", 128, 16, 28, 28, 32, 3, 2, 1},
-    {"r20 32->32 @14x14", 128, 32, 14, 14, 32, 3, 1, 1},   {"r20 32->64 @14x14 s2", 128, 32, 14, 14, 64, 3, 2, 1},
-    {"r20 64->64 @7x7", 128, 64, 7, 7, 64, 3, 1, 1},       {"r20 1x1 16->32 @28x28 s2", 128, 16, 28, 28, 32, 1, 2, 0},
+    {"r20 16->16 @28x28", 128, 16, 28, 28, 16, 3, 1, 1},
+    {"r20 16->32 @28x28 s2", 128, 16, 28, 28, 32, 3, 2, 1},
+    {"r20 32->32 @14x14", 128, 32, 14, 14, 32, 3, 1, 1},
+    {"r20 32->64 @14x14 s2", 128, 32, 14, 14, 64, 3, 2, 1},
+    {"r20 64->64 @7x7", 128, 64, 7, 7, 64, 3, 1, 1},
+    {"r20 1x1 16->32 @28x28 s2", 128, 16, 28, 28, 32, 1, 2, 0},
     {"r20 1x1 32->64 @14x14 s2", 128, 32, 14, 14, 64, 1, 2, 0},
 };
 
@@ -247,17 +250,16 @@ int main(int argc, char** argv) {
         fmt::print(stderr, "--cold: evicting caches is implemented for x86-64 only\n");
         return 2;
       }
-    }
-    else if (a == "--split-images")
+    } else if (a == "--split-images")
       opt.split_images = std::atoi(v);
     else {
       fmt::print(stderr, "unknown option {}\n", a);
       return 2;
     }
   }
-  fmt::print("sparse conv vs oneDNN {}.{} dense, fp32, {} threads, AVX-512 kernels: {}, median of {} runs\n",
-             dnnl_version()->major, dnnl_version()->minor, omp_get_max_threads(),
-             sparse_conv_has_avx512() ? "yes" : "no", reps);
+  fmt::print("sparse conv vs oneDNN {}.{} dense, fp32, {} threads, sparse kernels: {}, median of {} runs\n",
+             dnnl_version()->major, dnnl_version()->minor, omp_get_max_threads(), sparse_conv_backend(),
+             reps);
   fmt::print(
       "speedup = oneDNN time / sparse time; weights pruned uniformly at random to the given sparsity\n");
   fmt::print("clock: {}\n\n", omp_get_max_threads() == 1 ? "thread CPU time" : "wall time");

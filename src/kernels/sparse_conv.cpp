@@ -6,8 +6,10 @@
 #include <cstring>
 #include <vector>
 
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
+#endif
+#ifdef __AVX512F__
 // GCC 12 warns inside its own AVX-512 headers (_mm512_undefined_ps in max/reduce; GCC bug 105593).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
@@ -144,6 +146,67 @@ struct VecAvx512 {
     } else {
       for (int j = 0; j < J; ++j) out[j] = _mm512_reduce_add_ps(a[j]);
     }
+  }
+};
+#endif
+
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+// Machines without AVX-512 (AMD Zen 3, older Intel): one 16-image vector is two 256-bit halves. The
+// tiles keep at most 7-8 vectors live (14-16 ymm registers); wider tiles spill, and the automatic tile
+// choice below keeps to narrow ones on this backend.
+struct VecAvx2 {
+  struct R {
+    __m256 lo, hi;
+  };
+  static R zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+  static R load(const float* p) { return {_mm256_load_ps(p), _mm256_load_ps(p + 8)}; }
+  static void store(float* p, R a) { _mm256_store_ps(p, a.lo), _mm256_store_ps(p + 8, a.hi); }
+  static void stream(float* p, R a) { _mm256_stream_ps(p, a.lo), _mm256_stream_ps(p + 8, a.hi); }
+  static void fence() { _mm_sfence(); }
+  static void prefetch_l2(const float* base, int64_t offset) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(base) + static_cast<uintptr_t>(offset) * sizeof(float);
+    _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T1);
+  }
+  static R bcast(float x) {
+    const __m256 v = _mm256_set1_ps(x);
+    return {v, v};
+  }
+  static R fma(R a, R b, R c) {
+    return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
+  }
+  static R add(R a, R b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
+  static R max0(R a) {
+    const __m256 z = _mm256_setzero_ps();
+    return {_mm256_max_ps(a.lo, z), _mm256_max_ps(a.hi, z)};
+  }
+  static R where_positive(R m, R a) {
+    const __m256 z = _mm256_setzero_ps();
+    return {_mm256_and_ps(_mm256_cmp_ps(m.lo, z, _CMP_GT_OQ), a.lo),
+            _mm256_and_ps(_mm256_cmp_ps(m.hi, z, _CMP_GT_OQ), a.hi)};
+  }
+  static R first_lanes(R a, int64_t n) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i nn = _mm256_set1_epi32(static_cast<int>(n));
+    const __m256 mlo = _mm256_castsi256_ps(_mm256_cmpgt_epi32(nn, lane));
+    const __m256 mhi =
+        _mm256_castsi256_ps(_mm256_cmpgt_epi32(nn, _mm256_add_epi32(lane, _mm256_set1_epi32(8))));
+    return {_mm256_and_ps(mlo, a.lo), _mm256_and_ps(mhi, a.hi)};
+  }
+  static bool any_nonzero(R a) {
+    const __m256 z = _mm256_setzero_ps();
+    return (_mm256_movemask_ps(_mm256_cmp_ps(a.lo, z, _CMP_NEQ_UQ)) |
+            _mm256_movemask_ps(_mm256_cmp_ps(a.hi, z, _CMP_NEQ_UQ))) != 0;
+  }
+  static float reduce(R a) {
+    const __m256 s = _mm256_add_ps(a.lo, a.hi);
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+  }
+  template <int J>
+  static void reduce_n(const R* a, float* out) {
+    for (int j = 0; j < J; ++j) out[j] = reduce(a[j]);
   }
 };
 #endif
@@ -1208,6 +1271,11 @@ void with_backend(SparseImpl impl, Fn&& fn) {
     fn(VecAvx512{});
     return;
   }
+#elif defined(__AVX2__) && defined(__FMA__)
+  if (impl == SparseImpl::best) {
+    fn(VecAvx2{});
+    return;
+  }
 #endif
   (void)impl;
   fn(VecScalar{});
@@ -1215,11 +1283,13 @@ void with_backend(SparseImpl impl, Fn&& fn) {
 
 }  // namespace
 
-bool sparse_conv_has_avx512() {
+const char* sparse_conv_backend() {
 #ifdef __AVX512F__
-  return true;
+  return "avx512";
+#elif defined(__AVX2__) && defined(__FMA__)
+  return "avx2";
 #else
-  return false;
+  return "portable";
 #endif
 }
 

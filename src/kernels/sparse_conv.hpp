@@ -92,7 +92,7 @@ struct ConvOutputMask {
 };
 
 enum class SparseImpl : uint8_t {
-  best,    // AVX-512 when compiled with it (__AVX512F__), else the portable version
+  best,    // AVX-512 when compiled with it (__AVX512F__), else AVX2 + FMA, else the portable version
   scalar,  // the portable version (16-float arrays), always available; for tests
 };
 
@@ -184,7 +184,8 @@ SparseCounters sparse_conv_wg(const Tensor& x, const Tensor& dy, const SparseWei
                               Tensor* db, SparseConvScratch& scratch, const ConvPrologue& prologue = {},
                               const SparseConvOptions& opt = {});
 
-// Whether the AVX-512 version is compiled in (SparseImpl::best uses it).
-bool sparse_conv_has_avx512();
+// The vector code SparseImpl::best runs: "avx512", "avx2" (two 256-bit halves per 16-image vector, on
+// machines without AVX-512) or "portable".
+const char* sparse_conv_backend();
 
 }  // namespace trainer
