@@ -38,8 +38,9 @@ class Tensor {
   const Shape& shape() const { return shape_; }
   int rank() const { return static_cast<int>(shape_.size()); }
   int64_t dim(int i) const;
-  int64_t numel() const;               // logical elements
+  int64_t numel() const;                                  // logical elements
   int64_t storage_size() const { return storage_size_; }  // floats held, padding included
+  int64_t capacity() const { return capacity_; }          // floats allocated
   Layout layout() const { return layout_; }
   bool empty() const { return storage_size_ == 0; }
 
@@ -54,7 +55,9 @@ class Tensor {
 
   // Offset in storage of logical element (n, c, h, w) of a 4-D tensor, or (n, c) of a 2-D one.
   int64_t offset(int64_t n, int64_t c, int64_t h = 0, int64_t w = 0) const;
-  float at(int64_t n, int64_t c, int64_t h = 0, int64_t w = 0) const { return data_.get()[offset(n, c, h, w)]; }
+  float at(int64_t n, int64_t c, int64_t h = 0, int64_t w = 0) const {
+    return data_.get()[offset(n, c, h, w)];
+  }
   float& at(int64_t n, int64_t c, int64_t h = 0, int64_t w = 0) { return data_.get()[offset(n, c, h, w)]; }
 
   // A copy in another physical layout (same logical contents).

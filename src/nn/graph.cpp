@@ -209,14 +209,26 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
   Node& out = nodes_.back();
   TRAINER_CHECK(dy.shape() == out.y.shape(), "graph: output gradient has shape {}, the output has {}",
                 shape_str(dy.shape()), shape_str(out.y.shape()));
-  for (auto& n : nodes_) n.dy_set = false, n.dy_nz.reset(), n.dy_shared = -1, n.dy_phases.clear();
+  grad_free_.clear();
+  if (!reuse_gradients_) grad_pool_.clear();
+  for (auto& b : grad_pool_) grad_free_.push_back(b.get());
+  for (auto& n : nodes_) {
+    n.dy_set = false, n.dy_nz.reset(), n.dy_shared = -1, n.dy_phases.clear();
+    n.dy = nullptr, n.dy_users = 0;
+  }
   shared_gradients_ = 0;
   fused_relu_backwards_ = 0;
-  out.dy = dy;
+  loss_dy_ = dy;
+  out.dy = &loss_dy_;
+  out.dy_users = 1;
   out.dy_set = true;
-  // The gradient of node j as it stands: its own, or the one it shares.
-  auto dy_of = [this](int j) -> Tensor& {
-    return nodes_[j].dy_shared >= 0 ? nodes_[nodes_[j].dy_shared].dy : nodes_[j].dy;
+  // The node whose buffer holds node j's gradient, and that gradient as it stands.
+  auto root_of = [this](int j) { return nodes_[j].dy_shared >= 0 ? nodes_[j].dy_shared : j; };
+  auto dy_of = [this, &root_of](int j) -> Tensor& { return *nodes_[root_of(j)].dy; };
+  // Node i has run: its gradient buffer goes back to the pool once no node still to run reads it.
+  auto done_with = [this, &root_of](int i) {
+    Node& r = nodes_[root_of(i)];
+    if (--r.dy_users == 0 && r.dy != &loss_dy_ && reuse_gradients_) grad_free_.push_back(r.dy);
   };
   // Readers of each node, in order (a fused ReLU's readers read its producer; it writes no gradient).
   std::vector<std::vector<int>> readers(nodes_.size());
@@ -275,6 +287,10 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
       continue;
     }
     if (!n.dy_set) continue;  // nothing downstream of this node reaches the loss
+    struct Done {             // however this node's turn ends
+      std::function<void()> f;
+      ~Done() { f(); }
+    } done{[&done_with, i] { done_with(i); }};
     auto xs = inputs_ptrs(n);
     const Tensor& dy_n = dy_of(i);
     std::shared_ptr<const Bitmap> dy_map;  // this node's dy is final now; its wg and bp share one map
@@ -302,6 +318,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
     // residual shortcut is) go through scratch and are added.
     std::vector<Tensor*> dxs(n.inputs.size(), nullptr);
     std::vector<int> accumulate;
+    std::vector<int> fresh;   // inputs whose gradient this layer writes first
     int phases_written = -1;  // the input whose left phases this layer's bp writes
     bool any = false;
     for (size_t k = 0; k < n.inputs.size(); ++k) {
@@ -309,7 +326,8 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
       if (j == kInput) continue;
       any = true;
       if (!nodes_[j].dy_set) {
-        dxs[k] = &nodes_[j].dy;
+        dxs[k] = &loss_dy_;  // a placeholder: the buffer is lent below, once it is known to be written
+        fresh.push_back(static_cast<int>(k));
         if (leaves_phases_for(i, j)) {
           n.layer->set_dx_phases(&nodes_[j].dy_phases, true);
           nodes_[j].dy_phase_stride = n.layer->dx_phase_stride();
@@ -351,6 +369,18 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
         if (before) shared_from = own, shared_to = other, dxs[1 - t] = nullptr;
       }
     }
+    if (!(shared_to >= 0 && relu_done[i]))
+      for (int k : fresh) {
+        if (!dxs[k]) continue;  // shared: see above
+        Node& nj = nodes_[n.inputs[k]];
+        if (nj.dy) {  // the same node twice among the inputs
+          dxs[k] = nj.dy;
+          continue;
+        }
+        nj.dy = lend_gradient(visible_output(n.inputs[k]).storage_size());
+        nj.dy_users = 1;
+        dxs[k] = nj.dy;
+      }
     const uint64_t t0 = now_ns();
     if (shared_to >= 0 && relu_done[i]) {
       // Its ReLU's backward is done (see relu_bp_by): both inputs read this node's gradient as it is.
@@ -358,6 +388,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
       for (int j : {shared_from, shared_to}) {
         nodes_[j].dy_shared = root;
         nodes_[j].dy_set = true;
+        ++nodes_[root].dy_users;
       }
       shared_gradients_ += 2;
       ++fused_relu_backwards_;
@@ -384,9 +415,22 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
     if (shared_to >= 0) {
       nodes_[shared_to].dy_shared = shared_from;
       nodes_[shared_to].dy_set = true;
+      ++nodes_[shared_from].dy_users;
       ++shared_gradients_;
     }
   }
+}
+
+Tensor* Graph::lend_gradient(int64_t floats) {
+  // The smallest free buffer that holds it, else a new one (a smaller one stays for its own shape).
+  auto best = grad_free_.end();
+  for (auto it = grad_free_.begin(); it != grad_free_.end(); ++it)
+    if ((*it)->capacity() >= floats && (best == grad_free_.end() || (*it)->capacity() < (*best)->capacity()))
+      best = it;
+  if (best == grad_free_.end()) return grad_pool_.emplace_back(std::make_unique<Tensor>()).get();
+  Tensor* t = *best;
+  grad_free_.erase(best);
+  return t;
 }
 
 std::vector<Param*> Graph::params() {

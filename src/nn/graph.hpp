@@ -56,6 +56,10 @@ class Graph {
   // How many ReLU'd adds had their ReLU's backward done by the last writer of their output gradient in
   // the last backward, their own bp skipped (see backward).
   int fused_relu_backwards() const { return fused_relu_backwards_; }
+  // Gradient buffers the last backward used (see grad_pool_). With reuse off (for tests: the reference)
+  // every node's gradient has a buffer of its own.
+  int gradient_buffers() const { return static_cast<int>(grad_pool_.size()); }
+  void set_gradient_reuse(bool on) { reuse_gradients_ = on; }
 
   std::vector<Param*> params();
   std::vector<Buffer> buffers();
@@ -71,8 +75,9 @@ class Graph {
   struct Node {
     std::unique_ptr<Layer> layer;
     std::vector<int> inputs;
-    Tensor y;   // output of the last forward
-    Tensor dy;  // gradient w.r.t. y, during backward
+    Tensor y;              // output of the last forward
+    Tensor* dy = nullptr;  // gradient w.r.t. y, during backward: a pooled buffer (see grad_pool_)
+    int dy_users = 0;      // nodes still to run in this backward that read this node's dy buffer
     bool dy_set = false;
     int fused_into = -1;     // a ReLU fused into this node (see fuse_relus)
     int dy_shared = -1;      // during backward: this node's dy is node dy_shared's (see backward)
@@ -107,6 +112,15 @@ class Graph {
   // The Op record of fused ReLU node i (see fuse_relus).
   Op fused_relu_op(int i, Phase phase) const;
   std::vector<std::shared_ptr<Bitmap>> map_pool_;
+  // Gradient buffers, lent to a node when its gradient is first written and returned when the last node
+  // reading it has run: a backward reuses a few buffers per shape instead of one per node, so what it
+  // touches stays in the last-level cache (measured on this machine: a pass over 6.4 MB tensors is 1.3x
+  // faster when the tensors it cycles through fit in about 100 MB than when they do not).
+  Tensor* lend_gradient(int64_t floats);
+  std::vector<std::unique_ptr<Tensor>> grad_pool_;
+  std::vector<Tensor*> grad_free_;
+  Tensor loss_dy_;
+  bool reuse_gradients_ = true;
   Tensor scratch_;
   int shared_gradients_ = 0;
   int fused_relu_backwards_ = 0;
