@@ -36,6 +36,8 @@ constexpr int64_t kLanes = 16;  // floats per vector = images per block of NCHW1
 // Vector backends: the same algorithms run on 16-float arrays (portable) or on __m512.
 
 struct VecScalar {
+  static constexpr int kWgTaps = 8;       // weight taps per WG pass over a tile (accumulators held)
+  static constexpr bool kNarrow = false;  // fewer than 16 whole 16-image vectors fit in registers
   struct R {
     float v[kLanes];
   };
@@ -103,6 +105,8 @@ struct VecScalar {
 
 #ifdef __AVX512F__
 struct VecAvx512 {
+  static constexpr int kWgTaps = 8;
+  static constexpr bool kNarrow = false;
   using R = __m512;
   static R zero() { return _mm512_setzero_ps(); }
   static R load(const float* p) { return _mm512_load_ps(p); }
@@ -155,6 +159,10 @@ struct VecAvx512 {
 // tiles keep at most 7-8 vectors live (14-16 ymm registers); wider tiles spill, and the automatic tile
 // choice below keeps to narrow ones on this backend.
 struct VecAvx2 {
+  // 4 taps a pass, not 8: the tile's dy and 8 accumulators would not fit the 16 registers (measured
+  // on the ResNet-20 shapes at 90%: WG 1.20-1.25 -> 1.0 ms at 7x7; mixed, within noise, at 28x28).
+  static constexpr int kWgTaps = 4;
+  static constexpr bool kNarrow = true;
   struct R {
     __m256 lo, hi;
   };
@@ -636,7 +644,12 @@ int tile_shape_cols(int shape) {
 // multiples of 7 but not of 8 (28, 14, 7: ResNet-20 on 28x28 images) take 1x7 tiles, which cover a
 // row exactly; 8-wide tiles left a third to a half of each row to narrow, slower tiles (measured on
 // the ResNet-20 shapes: 3-30% faster, most at 7x7).
-int auto_tile_shape(int64_t Jmax, int64_t ist) {
+// With 16 vector registers of half a 16-image vector each (AVX2), tiles of more than 7 positions spill
+// their accumulators: 1x7 wherever a row is that wide, else one-row tiles of 4, 2, 1 (measured on the
+// ResNet-18 shapes at 90%: 2x8 -> 1x7 took FF at 32x32 from 12.3 to 8.9 ms, 4x4 -> 1x4 at 4x4 from
+// 11-15 to 9-10 ms).
+int auto_tile_shape(int64_t Jmax, int64_t ist, bool narrow) {
+  if (narrow) return Jmax >= 7 ? 6 : 3;
   if (Jmax % 7 == 0 && Jmax % 8 != 0) return 6;
   if (Jmax >= 8) return ist >= 2 ? 3 : 1;
   if (Jmax >= 4) return 4;
@@ -675,7 +688,7 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
   // A single tap read at a stride (a strided 1x1 FF) reads one input position in ist x ist: the slab
   // holds only those (sub = ist), a quarter of the input at stride 2, and the tiles read it at stride 1.
   const int64_t sub = ist > 1 && drmin == drmax && dcmin == dcmax ? ist : 1, kst = ist / sub;
-  const int shape = opt.tile ? opt.tile : auto_tile_shape(Jmax, kst);
+  const int shape = opt.tile ? opt.tile : auto_tile_shape(Jmax, kst, V::kNarrow);
   const int64_t TP = tile_shape_rows(shape);
   const int64_t CG = opt.channel_group > 0 ? std::min<int64_t>(pb.Cin, opt.channel_group)
                                            : auto_channel_group(pb.nnz, pb.Cout, nph, pb.Cin);
@@ -974,10 +987,14 @@ void wg_rect(const WgTileCtx& c, int64_t ra, int64_t rb, int64_t ja, int64_t jb)
           // hardware prefetchers. Ask for the next tile's while this one computes.
 #pragma GCC unroll 16
         for (int t = 0; t < T; ++t) V::prefetch_l2(dyk, next + ((t / TQ) * c.Q + t % TQ) * kLanes);
-        for (; end - e >= 8; e += 8) wg_taps<V, T, 8>(c, e, xb, t_off, d);
-        if (end - e >= 4) wg_taps<V, T, 4>(c, e, xb, t_off, d), e += 4;
-        if (end - e >= 2) wg_taps<V, T, 2>(c, e, xb, t_off, d), e += 2;
-        if (end - e >= 1) wg_taps<V, T, 1>(c, e, xb, t_off, d);
+        constexpr int J = V::kWgTaps;
+        for (; end - e >= J; e += J) wg_taps<V, T, J>(c, e, xb, t_off, d);
+        if constexpr (J > 4)
+          if (end - e >= 4) wg_taps<V, T, 4>(c, e, xb, t_off, d), e += 4;
+        if constexpr (J > 2)
+          if (end - e >= 2) wg_taps<V, T, 2>(c, e, xb, t_off, d), e += 2;
+        if constexpr (J > 1)
+          if (end - e >= 1) wg_taps<V, T, 1>(c, e, xb, t_off, d);
       }
     }
   }
