@@ -33,7 +33,7 @@ namespace {
 constexpr int64_t kLanes = 16;  // floats per vector = images per block of NCHW16n
 
 // ---------------------------------------------------------------------------------------------------
-// Vector backends: the same algorithms run on 16-float arrays (portable) or on __m512.
+// Vector backends: the same algorithms run on 16-float arrays (portable), on __m512 or on two __m256.
 
 struct VecScalar {
   static constexpr int kWgTaps = 8;       // weight taps per WG pass over a tile (accumulators held)

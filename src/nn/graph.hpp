@@ -114,8 +114,9 @@ class Graph {
   std::vector<std::shared_ptr<Bitmap>> map_pool_;
   // Gradient buffers, lent to a node when its gradient is first written and returned when the last node
   // reading it has run: a backward reuses a few buffers per shape instead of one per node, so what it
-  // touches stays in the last-level cache (measured on this machine: a pass over 6.4 MB tensors is 1.3x
-  // faster when the tensors it cycles through fit in about 100 MB than when they do not).
+  // touches stays in the last-level cache (on the AVX-512 development machine a pass over 6.4 MB tensors
+  // was 1.3x faster when the tensors it cycles through fit in about 100 MB than when they did not; on a
+  // Zen 3 with 32 MiB of L3 the pool measured +6 to +17% images/s, docs/benchmarks.md).
   Tensor* lend_gradient(int64_t floats);
   std::vector<std::unique_ptr<Tensor>> grad_pool_;
   std::vector<Tensor*> grad_free_;
