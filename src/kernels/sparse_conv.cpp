@@ -103,6 +103,15 @@ struct VecScalar {
   }
 };
 
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+// Asks for the line holding base[offset] into L2. The address may lie past the tensor (the tile after
+// the last): a prefetch never faults, and the address is formed as an integer, not a pointer.
+inline void prefetch_l2_at(const float* base, int64_t offset) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(base) + static_cast<uintptr_t>(offset) * sizeof(float);
+  _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T1);
+}
+#endif
+
 #ifdef __AVX512F__
 struct VecAvx512 {
   static constexpr int kWgTaps = 8;
@@ -114,12 +123,7 @@ struct VecAvx512 {
   // Final outputs larger than the caches go to memory without first being read for ownership.
   static void stream(float* p, R a) { _mm512_stream_ps(p, a); }
   static void fence() { _mm_sfence(); }
-  // Asks for the line holding base[offset] into L2. The address may lie past the tensor (the tile after
-  // the last): a prefetch never faults, and the address is formed as an integer, not a pointer.
-  static void prefetch_l2(const float* base, int64_t offset) {
-    const uintptr_t a = reinterpret_cast<uintptr_t>(base) + static_cast<uintptr_t>(offset) * sizeof(float);
-    _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T1);
-  }
+  static void prefetch_l2(const float* base, int64_t offset) { prefetch_l2_at(base, offset); }
   static R bcast(float x) { return _mm512_set1_ps(x); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
@@ -171,10 +175,7 @@ struct VecAvx2 {
   static void store(float* p, R a) { _mm256_store_ps(p, a.lo), _mm256_store_ps(p + 8, a.hi); }
   static void stream(float* p, R a) { _mm256_stream_ps(p, a.lo), _mm256_stream_ps(p + 8, a.hi); }
   static void fence() { _mm_sfence(); }
-  static void prefetch_l2(const float* base, int64_t offset) {
-    const uintptr_t a = reinterpret_cast<uintptr_t>(base) + static_cast<uintptr_t>(offset) * sizeof(float);
-    _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T1);
-  }
+  static void prefetch_l2(const float* base, int64_t offset) { prefetch_l2_at(base, offset); }
   static R bcast(float x) {
     const __m256 v = _mm256_set1_ps(x);
     return {v, v};

@@ -369,7 +369,9 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
         if (before) shared_from = own, shared_to = other, dxs[1 - t] = nullptr;
       }
     }
-    if (!(shared_to >= 0 && relu_done[i]))
+    // Its ReLU's backward is done (see relu_bp_by): both inputs read this node's gradient as it is.
+    const bool read_own = shared_to >= 0 && relu_done[i];
+    if (!read_own)
       for (int k : fresh) {
         if (!dxs[k]) continue;  // shared: see above
         Node& nj = nodes_[n.inputs[k]];
@@ -382,9 +384,8 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
         dxs[k] = nj.dy;
       }
     const uint64_t t0 = now_ns();
-    if (shared_to >= 0 && relu_done[i]) {
-      // Its ReLU's backward is done (see relu_bp_by): both inputs read this node's gradient as it is.
-      const int root = n.dy_shared >= 0 ? n.dy_shared : i;
+    if (read_own) {
+      const int root = root_of(i);
       for (int j : {shared_from, shared_to}) {
         nodes_[j].dy_shared = root;
         nodes_[j].dy_set = true;
