@@ -5,8 +5,10 @@
 //             the kept weights add up to the global budget. A tensor whose scaled density would exceed 1
 //             is kept dense and the others are rescaled to the budget that is left, as in RigL. Small
 //             tensors (few weights per connection) therefore stay denser than large ones.
-//  - global:  one magnitude threshold across all tensors (only the magnitude policy; the share of each
-//             tensor follows from its weights).
+//  - global:  one magnitude threshold across all tensors; the share of each tensor follows from its
+//             weights. magnitude: the threshold of the kept weights at each update; dns: one t for all
+//             tensors at each update (each tensor's c follows from it); rigl: the initial weights' threshold
+//             fixes each tensor's sparsity for the run.
 #pragma once
 
 #include <cstdint>

@@ -19,9 +19,6 @@ class DnsPolicy final : public PruningPolicy {
   explicit DnsPolicy(const PruningOptions& o)
       : PruningPolicy(o, std::llround(0.1 * static_cast<double>(o.total_steps))) {
     if (o.dns_c) TRAINER_CHECK(std::isfinite(*o.dns_c), "dns: c must be finite, got {}", *o.dns_c);
-    TRAINER_CHECK(
-        distribution_ != Distribution::global,
-        "dns: the threshold is per layer, so the 'global' distribution does not apply (use uniform or erk)");
   }
 
   const char* kind() const override { return "dns"; }
@@ -37,16 +34,44 @@ class DnsPolicy final : public PruningPolicy {
 
   void update_masks(int64_t step) override {
     const std::vector<double> targets = scheduled_targets(step);
+    std::vector<size_t> group;  // global distribution: one threshold for all of these
     for (size_t i = 0; i < slots_.size(); ++i) {
       Slot& s = slots_[i];
       if (!s.prunable) continue;
-      const Mask before = s.mask;
-      surgery(s, targets[i]);
-      finish_update(s, before, /*zero_grown=*/false);
+      if (distribution_ == Distribution::global && !s.override_target && !options_.dns_c) {
+        group.push_back(i);
+        continue;
+      }
+      const Surgery sg = prepare(s);
+      double t;
+      if (options_.dns_c) {
+        t = sg.mu + *options_.dns_c * sg.sigma;
+      } else {
+        std::vector<double> sorted = sg.flip;
+        t = kth_smallest(sorted, target_count(targets[i], s.mask.size()));
+      }
+      operate(s, sg, t);
+    }
+    if (!group.empty()) {
+      std::vector<Surgery> sgs;
+      std::vector<double> all;
+      int64_t total = 0;
+      for (size_t i : group) {
+        sgs.push_back(prepare(slots_[i]));
+        all.insert(all.end(), sgs.back().flip.begin(), sgs.back().flip.end());
+        total += slots_[i].mask.size();
+      }
+      const double t = kth_smallest(all, target_count(targets[group.front()], total));
+      for (size_t j = 0; j < group.size(); ++j) operate(slots_[group[j]], sgs[j], t);
     }
   }
 
  private:
+  struct Surgery {
+    double mu = 0.0, sigma = 0.0;  // of |w| over the tensor's dense weights
+    std::vector<double> flip;      // each weight's flip point
+  };
+
   // The weight's own threshold: its state flips once t passes it (|w| < 0.9t prunes a kept weight,
   // |w| >= 1.1t splices a pruned one back). Comparing these, rather than |w| against 0.9t and 1.1t, keeps
   // the solved t and the applied rule bit-consistent.
@@ -56,33 +81,39 @@ class DnsPolicy final : public PruningPolicy {
     return kept ? a / kPruneBelow : a / kSpliceFrom;
   }
 
-  void surgery(Slot& s, double target) {
+  // Pruned after the update = #{flip < t}; the (k+1)-th smallest flip point prunes exactly k (k < n as
+  // sparsity < 1).
+  static int64_t target_count(double target, int64_t n) {
+    return std::clamp<int64_t>(std::llround(target * static_cast<double>(n)), 0, n - 1);
+  }
+  static double kth_smallest(std::vector<double>& v, int64_t k) {
+    std::nth_element(v.begin(), v.begin() + k, v.end());
+    return v[static_cast<size_t>(k)];
+  }
+
+  static Surgery prepare(const Slot& s) {
     const float* w = s.dense.data();
     const int64_t n = s.mask.size();
+    Surgery sg;
     double sum = 0.0, sum2 = 0.0;
     for (int64_t i = 0; i < n; ++i) {
       const double a = std::fabs(static_cast<double>(w[i]));
       sum += a;
       sum2 += a * a;
     }
-    const double mu = sum / static_cast<double>(n);
-    const double sigma = std::sqrt(std::max(0.0, sum2 / static_cast<double>(n) - mu * mu));
-    std::vector<double> flip(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) flip[static_cast<size_t>(i)] = flip_point(w[i], s.mask.kept(i));
-    double t;
-    if (options_.dns_c) {
-      t = mu + *options_.dns_c * sigma;
-      s.last_c = *options_.dns_c;
-    } else {
-      // Pruned after the update = #{flip < t}; the (k+1)-th smallest flip point prunes exactly k
-      // (k < n as sparsity < 1).
-      const int64_t k = std::clamp<int64_t>(std::llround(target * static_cast<double>(n)), 0, n - 1);
-      std::vector<double> sorted = flip;
-      std::nth_element(sorted.begin(), sorted.begin() + k, sorted.end());
-      t = sorted[static_cast<size_t>(k)];
-      s.last_c = sigma > 0.0 ? (t - mu) / sigma : 0.0;
-    }
-    for (int64_t i = 0; i < n; ++i) s.mask.set(i, !(flip[static_cast<size_t>(i)] < t));
+    sg.mu = sum / static_cast<double>(n);
+    sg.sigma = std::sqrt(std::max(0.0, sum2 / static_cast<double>(n) - sg.mu * sg.mu));
+    sg.flip.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) sg.flip[static_cast<size_t>(i)] = flip_point(w[i], s.mask.kept(i));
+    return sg;
+  }
+
+  // DNS's rule with threshold t; c = (t - μ)/σ of this tensor is what it amounts to.
+  void operate(Slot& s, const Surgery& sg, double t) {
+    const Mask before = s.mask;
+    s.last_c = options_.dns_c ? *options_.dns_c : (sg.sigma > 0.0 ? (t - sg.mu) / sg.sigma : 0.0);
+    for (int64_t i = 0; i < s.mask.size(); ++i) s.mask.set(i, !(sg.flip[static_cast<size_t>(i)] < t));
+    finish_update(s, before, /*zero_grown=*/false);
   }
 };
 

@@ -14,7 +14,9 @@
 //               weight changes state at one threshold of its own, t_w = |w|/0.9 if it is kept now and
 //               |w|/1.1 if it is pruned now, and the sparsity for a given t is #{t_w < t}; so the t that
 //               prunes k weights is the (k+1)-th smallest t_w (one nth_element, no bisection). The rule
-//               applied is still DNS's rule with that t. PruningOptions::dns_c fixes c instead.
+//               applied is still DNS's rule with that t. PruningOptions::dns_c fixes c instead. Under
+//               the global distribution one t is solved over all the group's flip points together, so
+//               every tensor applies the same t and its c = (t − μ)/σ differs by tensor.
 //               Updates every ΔT steps, following the cubic schedule until end_step and holding the
 //               final target (still splicing) after it.
 //  - rigl:      RigL (Evci et al. 2020). Per-tensor sparsity fixed from the start (random initial mask of
@@ -24,10 +26,12 @@
 //               grown back, keeping its value, as in RigL's code); newly grown weights start at zero (and
 //               stay zero through the update step itself: as in RigL's Algorithm 1, an update step moves
 //               the mask, not the new weights). No updates from T_end = 75% of training on. A dense WG is
-//               needed on update steps only.
+//               needed on update steps only. Under the global distribution the per-tensor sparsities
+//               come from one magnitude threshold over the initial weights (the initial mask keeps the
+//               largest), and stay fixed from then on.
 //
 // Targets are over the prunable tensors (those not kept dense): "sparsity 0.9" means 90% of the weights
-// of the pruned tensors are zero. Distribution across tensors: uniform, ERK, or (magnitude only) global;
+// of the pruned tensors are zero. Distribution across tensors: uniform, ERK, or global (one threshold);
 // PruningOptions::layer_sparsity overrides the final target of named tensors. The first and the last
 // tensor passed to attach (the first conv and the last linear, when the caller passes weights in model
 // order) are kept dense by default; keep_dense names more, PrunableTensor::keep_dense flags more.
@@ -81,7 +85,7 @@ struct PrunableTensor {
 struct PruningOptions {
   double sparsity = 0.9;             // final target over the prunable tensors, in [0, 1)
   double initial_sparsity = 0.0;     // magnitude, dns: s_i of the cubic schedule
-  std::string distribution = "erk";  // uniform | erk | global (global: magnitude only)
+  std::string distribution = "erk";  // uniform | erk | global
   int64_t total_steps = 0;           // optimizer steps of the whole run (required)
   int64_t update_every = 100;        // ΔT
   int64_t begin_step = -1;           // -1: magnitude, dns 10% of total_steps; rigl 0
@@ -118,7 +122,8 @@ class PruningPolicy {
   virtual bool is_update_step(int64_t step) const = 0;
 
   // Fresh run: validates the tensors (throws trainer::Error naming the tensor or the option), builds the
-  // masks (rigl: random at the target sparsity; magnitude, dns: all kept) and zeroes pruned weights.
+  // masks (rigl: at the target sparsity, random, or by magnitude under global; magnitude, dns: all kept)
+  // and zeroes pruned weights.
   void attach(std::vector<PrunableTensor> tensors);
   // Resume: the same tensors (names, shapes, order) and the bytes of save_state(); masks, counters and
   // (dns) dense weights come from the state; weights are re-zeroed at pruned positions.
@@ -140,7 +145,7 @@ class PruningPolicy {
   // Final target sparsity of tensor i (0 for dense ones; for global distribution, the global target).
   double final_sparsity(size_t i) const { return slots_.at(i).final_target; }
   // Scheduled target of tensor i at `step` (what the mask update at that step aims for); the global
-  // target for tensors under the global distribution.
+  // target for tensors under the global distribution (rigl: the tensor's own, fixed by its initial mask).
   double target_sparsity(size_t i, int64_t step) const;
   // Scheduled sparsity over the prunable tensors at `step`.
   double scheduled_sparsity(int64_t step) const;
@@ -203,7 +208,7 @@ class PruningPolicy {
 };
 
 // kind: "magnitude" | "dns" | "rigl". Throws trainer::Error naming the kind or the option that is out of
-// range (sparsity outside [0, 1), total_steps < 1, end before begin, global distribution with dns/rigl...).
+// range (sparsity outside [0, 1), total_steps < 1, end before begin, an unknown distribution...).
 std::unique_ptr<PruningPolicy> make_policy(const std::string& kind, const PruningOptions& options);
 
 }  // namespace trainer

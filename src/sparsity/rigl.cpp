@@ -14,9 +14,6 @@ namespace {
 class RiglPolicy final : public PruningPolicy {
  public:
   explicit RiglPolicy(const PruningOptions& o) : PruningPolicy(o, 0) {
-    TRAINER_CHECK(distribution_ != Distribution::global,
-                  "rigl: per-tensor sparsity is fixed from the start, so the 'global' distribution does not "
-                  "apply (use uniform or erk)");
     drop_ = CosineDropSchedule{o.rigl_alpha, begin_, end_, o.update_every};
     drop_.validate();
   }
@@ -26,18 +23,46 @@ class RiglPolicy final : public PruningPolicy {
   bool is_update_step(int64_t step) const override { return drop_.is_update_step(step); }
 
  protected:
+  // Fixed per tensor. Under the global distribution each tensor's share was set by the initial mask, and
+  // drop and grow keep it, so the mask itself is the target (fresh or resumed alike).
   std::vector<double> targets_at(int64_t) const override {
     std::vector<double> out;
-    for (const auto& s : slots_) out.push_back(s.prunable ? s.final_target : 0.0);
+    for (const auto& s : slots_) {
+      if (!s.prunable)
+        out.push_back(0.0);
+      else if (in_global_group(s))
+        out.push_back(s.mask.sparsity());
+      else
+        out.push_back(s.final_target);
+    }
     return out;
   }
 
-  // A random mask of exactly the target sparsity per tensor (partial Fisher-Yates from a stream of its own,
-  // so one tensor's mask does not depend on the others').
+  // uniform, erk: a random mask of exactly the target sparsity per tensor (partial Fisher-Yates from a
+  // stream of its own, so one tensor's mask does not depend on the others'). global: one magnitude
+  // threshold over the initial weights of all the group's tensors decides how many each keeps, and which
+  // (with 1/sqrt(fan-in) initial scales, the narrow layers keep more).
   void init_masks() override {
+    std::vector<size_t> group;
+    for (size_t l = 0; l < slots_.size(); ++l)
+      if (in_global_group(slots_[l])) group.push_back(l);
+    if (!group.empty()) {
+      int64_t total = 0;
+      std::vector<const float*> weights;
+      std::vector<const Mask*> masks;
+      for (size_t l : group) {
+        total += slots_[l].mask.size();
+        weights.push_back(slots_[l].t.weight->data());
+        masks.push_back(&slots_[l].mask);
+      }
+      const int64_t want = std::llround(slots_[group.front()].final_target * static_cast<double>(total));
+      const std::vector<int64_t> counts = global_prune_counts(weights, masks, want);
+      for (size_t j = 0; j < group.size(); ++j)
+        prune_smallest_kept(slots_[group[j]].mask, weights[j], counts[j]);
+    }
     for (size_t l = 0; l < slots_.size(); ++l) {
       Slot& s = slots_[l];
-      if (!s.prunable) continue;
+      if (!s.prunable || in_global_group(s)) continue;
       const int64_t n = s.mask.size();
       const int64_t k = std::llround(s.final_target * static_cast<double>(n));
       std::vector<int64_t> idx(static_cast<size_t>(n));
@@ -74,6 +99,10 @@ class RiglPolicy final : public PruningPolicy {
   }
 
  private:
+  bool in_global_group(const Slot& s) const {
+    return s.prunable && !s.override_target && distribution_ == Distribution::global;
+  }
+
   CosineDropSchedule drop_;
 };
 

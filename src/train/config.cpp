@@ -160,7 +160,9 @@ const std::vector<Entry>& entries() {
       {{"init", "init", "NAME",
         "parameter initialisation: pytorch (PyTorch's defaults, for like-for-like comparisons) or kaiming "
         "(He et al. 2015 for ReLU nets; trains faster from scratch)"},
-       [](C& c, S t, S w) { c.init = parse_choice(t, w, {"pytorch", "kaiming"}); },
+       [](C& c, S t, S w) {
+         c.init = parse_choice(t, w, {"pytorch", "kaiming"});
+       },
        get_str(&C::init)},
       {{"schedule", "schedule", "NAME", "learning-rate schedule: constant, step, cosine or onecycle"},
        [](C& c, S t, S w) {
@@ -240,11 +242,15 @@ const std::vector<Entry>& entries() {
        },
        get_str(&C::progress)},
       {{"prune", "prune", "NAME",
-        "dynamic weight pruning policy: none (dense training), magnitude (gradual, Zhu & Gupta), dns (Dynamic "
+        "dynamic weight pruning policy: none (dense training), magnitude (gradual, Zhu & Gupta), dns "
+        "(Dynamic "
         "Network Surgery) or rigl (RigL); a pruned run executes only the unpruned weights' work"},
-       [](C& c, S t, S w) { c.prune = parse_choice(t, w, {"none", "magnitude", "dns", "rigl"}); },
+       [](C& c, S t, S w) {
+         c.prune = parse_choice(t, w, {"none", "magnitude", "dns", "rigl"});
+       },
        get_str(&C::prune)},
-      {{"sparsity", "sparsity", "FLOAT", "final weight sparsity of the pruned tensors, in [0, 1) (with --prune)"},
+      {{"sparsity", "sparsity", "FLOAT",
+        "final weight sparsity of the pruned tensors, in [0, 1) (with --prune)"},
        [](C& c, S t, S w) {
          c.sparsity = parse_double(t, w, "a number in [0, 1)", [](double v) { return v >= 0.0 && v < 1.0; });
        },
@@ -257,14 +263,18 @@ const std::vector<Entry>& entries() {
        },
        get_double(&C::initial_sparsity)},
       {{"prune_distribution", "prune-distribution", "NAME",
-        "how the sparsity is spread over layers: uniform, erk (Erdos-Renyi-kernel) or global (magnitude only)"},
-       [](C& c, S t, S w) { c.prune_distribution = parse_choice(t, w, {"uniform", "erk", "global"}); },
+        "how the sparsity is spread over layers: uniform, erk (Erdos-Renyi-kernel) or global (one magnitude "
+        "threshold)"},
+       [](C& c, S t, S w) {
+         c.prune_distribution = parse_choice(t, w, {"uniform", "erk", "global"});
+       },
        get_str(&C::prune_distribution)},
       {{"prune_every", "prune-every", "N", "steps between mask updates (delta T)"},
        pos_int(&C::prune_every, 1, "an integer >= 1"),
        get_int(&C::prune_every)},
       {{"prune_begin", "prune-begin", "FLOAT",
-        "fraction of the run at which pruning starts; -1 = the policy's default (magnitude, dns 0.1; rigl 0)"},
+        "fraction of the run at which pruning starts; -1 = the policy's default (magnitude, dns 0.1; rigl "
+        "0)"},
        [](C& c, S t, S w) {
          c.prune_begin = parse_double(t, w, "a fraction in [0, 1], or -1 for the default",
                                       [](double v) { return v == -1.0 || (v >= 0.0 && v <= 1.0); });
@@ -279,16 +289,20 @@ const std::vector<Entry>& entries() {
        get_double(&C::prune_end)},
       {{"rigl_alpha", "rigl-alpha", "FLOAT", "rigl: initial fraction of active weights dropped at an update"},
        [](C& c, S t, S w) {
-         c.rigl_alpha = parse_double(t, w, "a number in (0, 1]", [](double v) { return v > 0.0 && v <= 1.0; });
+         c.rigl_alpha =
+             parse_double(t, w, "a number in (0, 1]", [](double v) { return v > 0.0 && v <= 1.0; });
        },
        get_double(&C::rigl_alpha)},
-      {{"prune_first_last", "prune-first-last", "", "also prune the first convolution and the last linear layer"},
+      {{"prune_first_last", "prune-first-last", "",
+        "also prune the first convolution and the last linear layer"},
        set_bool(&C::prune_first_last),
        get_bool(&C::prune_first_last)},
       {{"kernels", "kernels", "NAME",
         "convolution kernels of a pruned run: auto (per layer and phase, the faster by the calibrated cost "
         "model), sparse (always the sparse kernels) or dense (always oneDNN, multiplying pruned zeros)"},
-       [](C& c, S t, S w) { c.kernels = parse_choice(t, w, {"auto", "dense", "sparse"}); },
+       [](C& c, S t, S w) {
+         c.kernels = parse_choice(t, w, {"auto", "dense", "sparse"});
+       },
        get_str(&C::kernels)},
       {{"calibration", "calibration", "FILE",
         "kernel cost model written by `trainer calibrate`; none = the built-in defaults"},
@@ -442,9 +456,8 @@ void validate(const RunConfig& c) {
       "default is Fashion-MNIST's folder)");
   TRAINER_CHECK(c.synthetic_shape.size() == 3, "config: 'synthetic_shape' must be CxHxW");
   TRAINER_CHECK(c.initial_sparsity <= c.sparsity,
-                "config: 'initial_sparsity' ({}) must not exceed 'sparsity' ({})", c.initial_sparsity, c.sparsity);
-  TRAINER_CHECK(c.prune_distribution != "global" || c.prune == "magnitude" || c.prune == "none",
-                "config: 'prune_distribution' global works with prune 'magnitude' only (prune is '{}')", c.prune);
+                "config: 'initial_sparsity' ({}) must not exceed 'sparsity' ({})", c.initial_sparsity,
+                c.sparsity);
   TRAINER_CHECK(c.prune_begin < 0.0 || c.prune_end < 0.0 || c.prune_begin <= c.prune_end,
                 "config: 'prune_begin' ({}) is after 'prune_end' ({})", c.prune_begin, c.prune_end);
 }

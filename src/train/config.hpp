@@ -29,7 +29,7 @@ struct RunConfig {
   double momentum = 0.9;
   bool nesterov = false;
   double weight_decay = 5e-4;
-  std::string init = "pytorch";  // parameter initialisation: pytorch | kaiming (see nn/layer.hpp)
+  std::string init = "pytorch";       // parameter initialisation: pytorch | kaiming (see nn/layer.hpp)
   std::string schedule = "onecycle";  // constant | step | cosine | onecycle
   double warmup_epochs = 0.0;         // may be fractional
   int64_t warmup_steps = 0;
@@ -52,17 +52,17 @@ struct RunConfig {
   bool ops_summary = true;
 
   // Sparse training (dynamic weight pruning; docs/sparse-training.md).
-  std::string prune = "none";         // none | magnitude | dns | rigl
-  double sparsity = 0.9;              // final weight sparsity over the pruned tensors, [0, 1)
-  double initial_sparsity = 0.0;      // magnitude, dns: start of the cubic schedule
-  std::string prune_distribution = "erk";  // uniform | erk | global (global: magnitude only)
-  int64_t prune_every = 100;          // ΔT: steps between mask updates
-  double prune_begin = -1.0;          // fraction of the run where pruning starts; < 0: the policy's default
-  double prune_end = -1.0;            // fraction of the run where the schedule ends / rigl stops; < 0: default
-  double rigl_alpha = 0.3;            // rigl: initial drop fraction
-  bool prune_first_last = false;      // also prune the first conv and the last linear (kept dense otherwise)
-  std::string kernels = "auto";       // auto | dense | sparse: which conv kernels a sparse run may use
-  std::string calibration;            // cost model from `trainer calibrate`; empty: built-in defaults
+  std::string prune = "none";              // none | magnitude | dns | rigl
+  double sparsity = 0.9;                   // final weight sparsity over the pruned tensors, [0, 1)
+  double initial_sparsity = 0.0;           // magnitude, dns: start of the cubic schedule
+  std::string prune_distribution = "erk";  // uniform | erk | global
+  int64_t prune_every = 100;               // ΔT: steps between mask updates
+  double prune_begin = -1.0;      // fraction of the run where pruning starts; < 0: the policy's default
+  double prune_end = -1.0;        // fraction of the run where the schedule ends / rigl stops; < 0: default
+  double rigl_alpha = 0.3;        // rigl: initial drop fraction
+  bool prune_first_last = false;  // also prune the first conv and the last linear (kept dense otherwise)
+  std::string kernels = "auto";   // auto | dense | sparse: which conv kernels a sparse run may use
+  std::string calibration;        // cost model from `trainer calibrate`; empty: built-in defaults
 };
 
 // One configuration key: its recipe key, command-line option and documentation.

@@ -105,8 +105,6 @@ TEST(PruningPolicy, FactoryRejectsBadKindsAndOptions) {
   }
   EXPECT_THROW(make_policy("magnitude", options(1.0, 100, 10)), Error);
   EXPECT_THROW(make_policy("magnitude", options(0.9, 0, 10)), Error);
-  EXPECT_THROW(make_policy("rigl", options(0.9, 100, 10, "global")), Error);
-  EXPECT_THROW(make_policy("dns", options(0.9, 100, 10, "global")), Error);
   EXPECT_THROW(make_policy("magnitude", options(0.9, 100, 10, "erdos")), Error);
   auto o = options(0.9, 100, 10);
   o.begin_step = 80;
@@ -564,39 +562,136 @@ TEST(RiglPolicy, StopsAtSeventyFivePercent) {
 
 // Checkpoint and resume: a policy rebuilt from save_state() on the model's saved tensors continues exactly
 // as the uninterrupted one (masks, weights, dense copies, counters).
-TEST(PruningPolicy, StateSurvivesCheckpointAndResume) {
-  for (const char* kind : {"magnitude", "dns", "rigl"}) {
-    SCOPED_TRACE(kind);
-    auto o = options(0.8, 200, 10, "erk");
-    o.begin_step = 10;
-    FakeModel a = FakeModel::small(11), b = FakeModel::small(99);
-    auto pa = make_policy(kind, o);
-    pa->attach(a.tensors());
-    for (int64_t t = 0; t < 75; ++t) a.step(*pa, t);
-    const std::vector<uint8_t> state = pa->save_state();
-    // "Restore" the model: parameters, momentum and SGD step count as the trainer's checkpoint would.
-    for (size_t i = 0; i < a.params.size(); ++i) {
-      b.params[i]->value = a.params[i]->value;
-      b.sgd->momentum_buffers()[i] = a.sgd->momentum_buffers()[i];
+// Global DNS: one threshold t for all the group's tensors at an update, so each tensor's own c is what
+// puts its μ + c·σ at that t; the tensor with small weights gives up most.
+TEST(DnsPolicy, GlobalSharesOneThresholdAcrossTensors) {
+  FakeModel m = FakeModel::small(5);
+  for (int64_t i = 0; i < m.params[1]->value.numel(); ++i) m.params[1]->value.data()[i] *= 0.2f;
+  auto o = options(0.6, 100, 10, "global");
+  o.begin_step = 0;
+  o.end_step = 10;
+  o.initial_sparsity = 0.3;
+  auto p = make_policy("dns", o);
+  p->attach(m.tensors());
+  // attach pruned to the initial 30% with every weight kept before: the flip point is |w|/0.9 for all, so
+  // no pruned weight is larger than a kept one, across both tensors.
+  const int64_t n1 = p->mask(1).size(), n2 = p->mask(2).size();
+  EXPECT_EQ(p->mask(1).count_pruned() + p->mask(2).count_pruned(), expected_pruned(0.3, n1 + n2));
+  EXPECT_GT(p->mask(1).sparsity(), 0.6);  // of 30% over both, the small tensor gives up most
+  EXPECT_LT(p->mask(2).sparsity(), 0.2);
+  float max_pruned = 0.0f, min_kept = 1e30f;
+  for (size_t i = 1; i <= 2; ++i)
+    for (int64_t j = 0; j < p->mask(i).size(); ++j) {
+      const float a = std::fabs(p->dense_weight(i).data()[j]);
+      if (p->mask(i).kept(j))
+        min_kept = std::min(min_kept, a);
+      else
+        max_pruned = std::max(max_pruned, a);
     }
-    b.sgd->set_steps(a.sgd->steps());
-    b.rng = a.rng;
-    auto pb = make_policy(kind, o);
-    pb->attach(b.tensors(), state);
-    for (size_t i = 0; i < pa->size(); ++i) ASSERT_EQ(pa->mask(i), pb->mask(i));
-    EXPECT_EQ(pb->stats().steps, 75);
-    EXPECT_EQ(pb->generation(), pa->generation());
-    for (int64_t t = 75; t < 200; ++t) {
-      a.step(*pa, t);
-      b.step(*pb, t);
+  EXPECT_LE(max_pruned, min_kept);
+  for (int64_t t = 1; t <= 10; ++t) {
+    m.random_grads();
+    p->before_update(t);
+    if (t == 10) {  // the end step: the final 60% over the group, one t behind both tensors' c
+      EXPECT_EQ(p->mask(1).count_pruned() + p->mask(2).count_pruned(), expected_pruned(0.6, n1 + n2));
+      double thr[2];
+      for (size_t i = 1; i <= 2; ++i) {
+        const Tensor& d = p->dense_weight(i);
+        double sum = 0.0, sum2 = 0.0;
+        for (int64_t j = 0; j < d.numel(); ++j) {
+          const double a = std::fabs(static_cast<double>(d.data()[j]));
+          sum += a;
+          sum2 += a * a;
+        }
+        const double mu = sum / static_cast<double>(d.numel());
+        const double sigma = std::sqrt(sum2 / static_cast<double>(d.numel()) - mu * mu);
+        thr[i - 1] = mu + p->dns_c(i) * sigma;
+      }
+      EXPECT_NEAR(thr[0], thr[1], 1e-9 * thr[1]);
+      EXPECT_GT(p->dns_c(1), p->dns_c(2) + 1.0);  // conv2's weights are 5x smaller: t is far out in them
     }
-    for (size_t i = 0; i < pa->size(); ++i) {
-      ASSERT_EQ(pa->mask(i), pb->mask(i));
-      for (int64_t j = 0; j < a.params[i]->value.numel(); ++j)
-        ASSERT_EQ(a.params[i]->value.data()[j], b.params[i]->value.data()[j]) << i << " " << j;
-    }
-    EXPECT_EQ(pa->save_state(), pb->save_state());
+    m.sgd->step(0.05f);
+    p->after_update(t);
+    expect_pruned_are_zero(*p);
   }
+  EXPECT_GT(p->mask(1).sparsity(), 0.95);
+}
+
+// Global RigL: the initial weights' magnitudes, under one threshold, fix each tensor's sparsity; drop and
+// grow keep it, and the tensor's target is what its mask holds.
+TEST(RiglPolicy, GlobalFixesEachTensorsShareFromTheInitialWeights) {
+  FakeModel m = FakeModel::small(6);
+  for (int64_t i = 0; i < m.params[1]->value.numel(); ++i) m.params[1]->value.data()[i] *= 0.3f;
+  std::vector<std::vector<float>> init;
+  for (auto& prm : m.params) init.emplace_back(prm->value.data(), prm->value.data() + prm->value.numel());
+  auto o = options(0.7, 400, 50, "global");
+  auto p = make_policy("rigl", o);
+  p->attach(m.tensors());
+  const int64_t n1 = p->mask(1).size(), n2 = p->mask(2).size();
+  EXPECT_EQ(p->mask(1).count_pruned() + p->mask(2).count_pruned(), expected_pruned(0.7, n1 + n2));
+  EXPECT_GT(p->mask(1).sparsity(), 0.9);
+  EXPECT_LT(p->mask(2).sparsity(), 0.7);
+  float max_pruned = 0.0f, min_kept = 1e30f;
+  for (size_t i = 1; i <= 2; ++i)
+    for (int64_t j = 0; j < p->mask(i).size(); ++j) {
+      const float a = std::fabs(init[i][static_cast<size_t>(j)]);
+      if (p->mask(i).kept(j))
+        min_kept = std::min(min_kept, a);
+      else
+        max_pruned = std::max(max_pruned, a);
+    }
+  EXPECT_LE(max_pruned, min_kept);
+  const int64_t pruned1 = p->mask(1).count_pruned(), pruned2 = p->mask(2).count_pruned();
+  EXPECT_DOUBLE_EQ(p->target_sparsity(1, 0), p->mask(1).sparsity());
+  EXPECT_DOUBLE_EQ(p->scheduled_sparsity(0), static_cast<double>(pruned1 + pruned2) / (n1 + n2));
+  int64_t grown = 0;
+  for (int64_t t = 0; t < 300; ++t) {
+    m.step(*p, t);
+    if (p->is_update_step(t)) grown += p->stats().last_grown;
+  }
+  EXPECT_GT(grown, 0);
+  EXPECT_EQ(p->mask(1).count_pruned(), pruned1);
+  EXPECT_EQ(p->mask(2).count_pruned(), pruned2);
+  EXPECT_EQ(p->mask(0).count_kept(), p->mask(0).size());  // the first conv stays dense
+}
+
+TEST(PruningPolicy, StateSurvivesCheckpointAndResume) {
+  for (const char* dist : {"erk", "global"})
+    for (const char* kind : {"magnitude", "dns", "rigl"}) {
+      SCOPED_TRACE(std::string(kind) + " " + dist);
+      auto o = options(0.8, 200, 10, dist);
+      o.begin_step = 10;
+      FakeModel a = FakeModel::small(11), b = FakeModel::small(99);
+      auto pa = make_policy(kind, o);
+      pa->attach(a.tensors());
+      for (int64_t t = 0; t < 75; ++t) a.step(*pa, t);
+      const std::vector<uint8_t> state = pa->save_state();
+      // "Restore" the model: parameters, momentum and SGD step count as the trainer's checkpoint would.
+      for (size_t i = 0; i < a.params.size(); ++i) {
+        b.params[i]->value = a.params[i]->value;
+        b.sgd->momentum_buffers()[i] = a.sgd->momentum_buffers()[i];
+      }
+      b.sgd->set_steps(a.sgd->steps());
+      b.rng = a.rng;
+      auto pb = make_policy(kind, o);
+      pb->attach(b.tensors(), state);
+      for (size_t i = 0; i < pa->size(); ++i) {
+        ASSERT_EQ(pa->mask(i), pb->mask(i));
+        EXPECT_EQ(pa->target_sparsity(i, 75), pb->target_sparsity(i, 75));
+      }
+      EXPECT_EQ(pb->stats().steps, 75);
+      EXPECT_EQ(pb->generation(), pa->generation());
+      for (int64_t t = 75; t < 200; ++t) {
+        a.step(*pa, t);
+        b.step(*pb, t);
+      }
+      for (size_t i = 0; i < pa->size(); ++i) {
+        ASSERT_EQ(pa->mask(i), pb->mask(i));
+        for (int64_t j = 0; j < a.params[i]->value.numel(); ++j)
+          ASSERT_EQ(a.params[i]->value.data()[j], b.params[i]->value.data()[j]) << i << " " << j;
+      }
+      EXPECT_EQ(pa->save_state(), pb->save_state());
+    }
 }
 
 TEST(PruningPolicy, ForeignOrCorruptStateFailsLoudly) {
