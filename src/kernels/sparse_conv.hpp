@@ -101,7 +101,7 @@ struct SparseConvOptions {
   bool skip_zero_planes = true;  // detect and skip all-zero input / error planes
   // Tuning knobs (0 = chosen from the shapes): input channels per slab (FF, WG) or error channels per
   // slab (BP); output rows per band; tile shape (1 = 2x8, 2 = 1x16, 3 = 1x8, 4 = 4x4,
-  // 5 = 2x7, 6 = 1x7, 7 = 1x14 positions, in every phase); non-temporal output stores (FF/BP: 1 = always, 0 =
+  // 5 = 2x7, 6 = 1x7, 7 = 1x14, 8 = 1x4 positions, in every phase); non-temporal output stores (FF/BP: 1 = always, 0 =
   // never, -1 = for outputs larger than the caches).
   int channel_group = 0;
   int band_rows = 0;
