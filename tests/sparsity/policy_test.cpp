@@ -94,6 +94,21 @@ void expect_pruned_are_zero(const PruningPolicy& p) {
 
 int64_t expected_pruned(double target, int64_t n) { return std::llround(target * static_cast<double>(n)); }
 
+// Over tensors 1 and 2 together (values[i]: what the masks were chosen from): no pruned |value| above a
+// kept one, i.e. one magnitude threshold split them.
+void expect_one_threshold(const PruningPolicy& p, const std::vector<const float*>& values) {
+  float max_pruned = 0.0f, min_kept = 1e30f;
+  for (size_t i = 1; i <= 2; ++i)
+    for (int64_t j = 0; j < p.mask(i).size(); ++j) {
+      const float a = std::fabs(values[i][j]);
+      if (p.mask(i).kept(j))
+        min_kept = std::min(min_kept, a);
+      else
+        max_pruned = std::max(max_pruned, a);
+    }
+  EXPECT_LE(max_pruned, min_kept);
+}
+
 }  // namespace
 
 TEST(PruningPolicy, FactoryRejectsBadKindsAndOptions) {
@@ -304,16 +319,7 @@ TEST(MagnitudePolicy, GlobalPrunesTheSmallestAcrossTensors) {
   EXPECT_EQ(p->mask(1).count_pruned() + p->mask(2).count_pruned(), expected_pruned(0.6, n1 + n2));
   EXPECT_GT(p->mask(1).sparsity(), 0.9);
   EXPECT_LT(p->mask(2).sparsity(), 0.6);
-  float max_pruned = 0.0f, min_kept = 1e30f;
-  for (size_t i = 1; i <= 2; ++i)
-    for (int64_t j = 0; j < p->mask(i).size(); ++j) {
-      const float a = std::fabs(before[i][static_cast<size_t>(j)]);
-      if (p->mask(i).kept(j))
-        min_kept = std::min(min_kept, a);
-      else
-        max_pruned = std::max(max_pruned, a);
-    }
-  EXPECT_LE(max_pruned, min_kept);
+  expect_one_threshold(*p, {nullptr, before[1].data(), before[2].data()});
   EXPECT_DOUBLE_EQ(p->final_sparsity(1), 0.6);
 }
 
@@ -579,16 +585,7 @@ TEST(DnsPolicy, GlobalSharesOneThresholdAcrossTensors) {
   EXPECT_EQ(p->mask(1).count_pruned() + p->mask(2).count_pruned(), expected_pruned(0.3, n1 + n2));
   EXPECT_GT(p->mask(1).sparsity(), 0.6);  // of 30% over both, the small tensor gives up most
   EXPECT_LT(p->mask(2).sparsity(), 0.2);
-  float max_pruned = 0.0f, min_kept = 1e30f;
-  for (size_t i = 1; i <= 2; ++i)
-    for (int64_t j = 0; j < p->mask(i).size(); ++j) {
-      const float a = std::fabs(p->dense_weight(i).data()[j]);
-      if (p->mask(i).kept(j))
-        min_kept = std::min(min_kept, a);
-      else
-        max_pruned = std::max(max_pruned, a);
-    }
-  EXPECT_LE(max_pruned, min_kept);
+  expect_one_threshold(*p, {nullptr, p->dense_weight(1).data(), p->dense_weight(2).data()});
   for (int64_t t = 1; t <= 10; ++t) {
     m.random_grads();
     p->before_update(t);
@@ -631,16 +628,7 @@ TEST(RiglPolicy, GlobalFixesEachTensorsShareFromTheInitialWeights) {
   EXPECT_EQ(p->mask(1).count_pruned() + p->mask(2).count_pruned(), expected_pruned(0.7, n1 + n2));
   EXPECT_GT(p->mask(1).sparsity(), 0.9);
   EXPECT_LT(p->mask(2).sparsity(), 0.7);
-  float max_pruned = 0.0f, min_kept = 1e30f;
-  for (size_t i = 1; i <= 2; ++i)
-    for (int64_t j = 0; j < p->mask(i).size(); ++j) {
-      const float a = std::fabs(init[i][static_cast<size_t>(j)]);
-      if (p->mask(i).kept(j))
-        min_kept = std::min(min_kept, a);
-      else
-        max_pruned = std::max(max_pruned, a);
-    }
-  EXPECT_LE(max_pruned, min_kept);
+  expect_one_threshold(*p, {nullptr, init[1].data(), init[2].data()});
   const int64_t pruned1 = p->mask(1).count_pruned(), pruned2 = p->mask(2).count_pruned();
   EXPECT_DOUBLE_EQ(p->target_sparsity(1, 0), p->mask(1).sparsity());
   EXPECT_DOUBLE_EQ(p->scheduled_sparsity(0), static_cast<double>(pruned1 + pruned2) / (n1 + n2));
