@@ -22,9 +22,11 @@ class DnsPolicy final : public PruningPolicy {
   }
 
   const char* kind() const override { return "dns"; }
-  bool needs_dense_wg(int64_t) const override { return true; }
+  // Surgery after the schedule's end (the paper's) needs the dense gradient at every step; stopped there,
+  // the mask is fixed from end_ on and the pruned weights' values no longer matter.
+  bool needs_dense_wg(int64_t step) const override { return options_.dns_surgery_after_end || step < end_; }
   bool is_update_step(int64_t step) const override {
-    if (step < begin_) return false;
+    if (step < begin_ || (!options_.dns_surgery_after_end && step > end_)) return false;
     return (step - begin_) % options_.update_every == 0 || step == end_;
   }
 

@@ -206,6 +206,10 @@ void PruningPolicy::before_update(int64_t step) {
     if (keeps_dense_weights()) {
       // SGD updates the dense weights with the dense gradient of the masked network (DNS).
       std::memcpy(s.t.weight->data(), s.dense.data(), sizeof(float) * static_cast<size_t>(s.dense.numel()));
+      if (!needs_dense_wg(step)) {  // WG ran at the kept positions only: no gradient for the pruned ones
+        check_grad(s.t);
+        mask_gradient(s.mask, *s.t.grad);
+      }
     } else {
       check_grad(s.t);
       mask_gradient(s.mask, *s.t.grad);

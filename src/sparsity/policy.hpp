@@ -18,7 +18,8 @@
 //               the global distribution one t is solved over all the group's flip points together, so
 //               every tensor applies the same t and its c = (t − μ)/σ differs by tensor.
 //               Updates every ΔT steps, following the cubic schedule until end_step and holding the
-//               final target (still splicing) after it.
+//               final target (still splicing) after it; with dns_surgery_after_end false the last update is
+//               at end_step, and from then on the mask is fixed and no dense WG is needed.
 //  - rigl:      RigL (Evci et al. 2020). Per-tensor sparsity fixed from the start (random initial mask of
 //               that sparsity, from the distribution); every ΔT steps drop the fraction
 //               α_t = α/2·(1 + cos(π t / T_end)) of the active weights with the smallest |w| and grow as
@@ -92,6 +93,8 @@ struct PruningOptions {
   int64_t end_step = -1;             // -1: 75% of total_steps (rigl: T_end)
   double rigl_alpha = 0.3;           // initial drop fraction α
   std::optional<double> dns_c;       // fixed c of t = μ + c·σ; unset: solved to follow the schedule
+  bool dns_surgery_after_end = true;  // dns: keep pruning and splicing after end_step (the paper's), or
+                                      //   fix the mask there (no dense WG from then on)
   bool keep_first_last_dense = true;
   std::vector<std::string> keep_dense;           // more tensors kept dense, by name
   std::map<std::string, double> layer_sparsity;  // final target per tensor name, overriding the distribution

@@ -293,6 +293,13 @@ const std::vector<Entry>& entries() {
              parse_double(t, w, "a number in (0, 1]", [](double v) { return v > 0.0 && v <= 1.0; });
        },
        get_double(&C::rigl_alpha)},
+      {{"dns_surgery", "dns-surgery", "NAME",
+        "dns: always (prune and splice to the last step, as in the paper) or schedule (fix the mask where "
+        "the sparsity schedule ends; no dense WG from then on)"},
+       [](C& c, S t, S w) {
+         c.dns_surgery = parse_choice(t, w, {"always", "schedule"});
+       },
+       get_str(&C::dns_surgery)},
       {{"prune_first_last", "prune-first-last", "",
         "also prune the first convolution and the last linear layer"},
        set_bool(&C::prune_first_last),
@@ -519,6 +526,7 @@ nlohmann::json recipe_json(const RunConfig& c) {
     j["prune_begin"] = c.prune_begin;
     j["prune_end"] = c.prune_end;
     j["rigl_alpha"] = c.rigl_alpha;
+    j["dns_surgery"] = c.dns_surgery;
     j["prune_first_last"] = c.prune_first_last;
   }
   return j;

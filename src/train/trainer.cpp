@@ -153,6 +153,7 @@ PruningOptions pruning_options(const RunConfig& cfg, int64_t total_steps) {
   if (cfg.prune_begin >= 0.0) po.begin_step = at(cfg.prune_begin);
   if (cfg.prune_end >= 0.0) po.end_step = at(cfg.prune_end);
   po.rigl_alpha = cfg.rigl_alpha;
+  po.dns_surgery_after_end = cfg.dns_surgery == "always";
   po.keep_first_last_dense = !cfg.prune_first_last;
   po.seed = cfg.seed;
   return po;

@@ -92,6 +92,21 @@ TEST_F(SparseTrain, EachPolicyReachesItsTargetAndSkipsThePrunedWork) {
   }
 }
 
+// --dns-surgery schedule: the masks stop moving where the schedule ends (step 9 of 18), and so does the
+// dense WG; the sparsity holds.
+TEST_F(SparseTrain, DnsScheduleSurgeryEndsTheDenseWgWithTheSchedule) {
+  const Result r = run(kRun +
+                       "--epochs 3 --prune dns --dns-surgery schedule --sparsity 0.8 --prune-every 2 "
+                       "--prune-begin 0 --prune-end 0.5 --prune-distribution uniform --no-ops-summary "
+                       "--metrics d.jsonl");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto lines = metrics("d.jsonl");
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines.back().at("dense_wg_steps").get<int64_t>(), 9);
+  EXPECT_NEAR(lines.back().at("sparsity").get<double>(), 0.8, 0.01);
+  expect_work_adds_up(lines.back().at("work"));
+}
+
 TEST_F(SparseTrain, SparseAndDenseKernelsTrainTheSameNumbers) {
   const std::string recipe = kRun + "--epochs 1 --max-steps 4 --prune magnitude --sparsity 0.7 --prune-every 1 "
                                     "--prune-begin 0 --prune-end 0.5 --no-ops-summary ";

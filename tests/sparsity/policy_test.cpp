@@ -394,6 +394,40 @@ TEST(DnsPolicy, TracksTheScheduleAndKeepsDenseWeights) {
   EXPECT_GT(pruned_nonzero, 0);
 }
 
+// --dns-surgery schedule: the last update at end_step, the mask fixed after it, and no dense WG from there
+// on (the gradient reaching SGD is zero at the pruned positions, as under magnitude).
+TEST(DnsPolicy, ScheduleSurgeryFixesTheMaskAtTheScheduleEnd) {
+  FakeModel m = FakeModel::small(3);
+  auto o = options(0.75, 300, 10, "erk");
+  o.begin_step = 20;
+  o.end_step = 200;
+  o.dns_surgery_after_end = false;
+  auto p = make_policy("dns", o);
+  p->attach(m.tensors());
+  std::vector<Mask> at_end;
+  for (int64_t t = 0; t < 300; ++t) {
+    EXPECT_EQ(p->needs_dense_wg(t), t < 200) << t;
+    EXPECT_EQ(p->is_update_step(t), t >= 20 && t <= 200 && t % 10 == 0) << t;
+    m.random_grads(1.0f);  // large: under "always" these would splice weights back after step 200
+    p->before_update(t);
+    if (t >= 200)
+      for (size_t i = 1; i <= 2; ++i)
+        for (int64_t j = 0; j < p->mask(i).size(); ++j)
+          if (!p->mask(i).kept(j)) {
+            ASSERT_EQ(p->tensor(i).grad->data()[j], 0.0f) << t << " " << i;
+          }
+    m.sgd->step(0.2f);
+    p->after_update(t);
+    if (t == 200)
+      for (size_t i = 0; i < p->size(); ++i) at_end.push_back(p->mask(i));
+    expect_pruned_are_zero(*p);
+  }
+  EXPECT_EQ(p->stats().last_update_step, 200);
+  EXPECT_EQ(p->stats().dense_wg_steps, 200);
+  for (size_t i = 0; i < p->size(); ++i) EXPECT_EQ(p->mask(i), at_end[i]) << i;
+  EXPECT_NEAR(p->sparsity(), 0.75, 1e-3);
+}
+
 // DNS's rule with a fixed c = 0 (t = μ): prune below 0.9t, splice from 1.1t, keep the state in between.
 TEST(DnsPolicy, SplicesBackAWeightThatGrowsAboveTheBand) {
   FakeModel m({{"fc.weight", {10, 10}}}, 1, SgdOptions{0.0f, false, 0.0f});

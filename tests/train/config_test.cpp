@@ -120,6 +120,7 @@ TEST_F(ConfigFile, WrongTypeNamesKeyAndExpectation) {
   EXPECT_HAS(error_of("epochs:\n"), "key 'epochs': expected an integer >= 1, got ''");
   EXPECT_HAS(error_of("schedule: linear\n"),
              "key 'schedule': expected one of constant, step, cosine or onecycle");
+  EXPECT_HAS(error_of("dns_surgery: never\n"), "key 'dns_surgery': expected one of always or schedule");
   EXPECT_HAS(error_of("data: mnist\n"), "key 'data'");
   EXPECT_HAS(error_of("synthetic_shape: 3x0x8\n"), "key 'synthetic_shape'");
 }
