@@ -120,7 +120,8 @@ class PruningPolicy {
 
   virtual const char* kind() const = 0;
   // Whether the layers must compute WG at every position at this step (counted in stats() by
-  // before_update). magnitude: never; dns: always; rigl: on its update steps.
+  // before_update). magnitude: never; dns: always (until end_step under dns_surgery_after_end false); rigl:
+  // on its update steps.
   virtual bool needs_dense_wg(int64_t step) const = 0;
   virtual bool is_update_step(int64_t step) const = 0;
 
