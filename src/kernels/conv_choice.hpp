@@ -6,8 +6,8 @@
 //           nonzero input/error planes are executed.
 // The expected times come from a cost model with a few coefficients per (phase, kernel), fitted by
 // `trainer calibrate` on this machine (measured kernels at several shapes and densities) and stored as
-// JSON; built-in defaults (fitted on the development machine, documented in docs/sparse-training.md)
-// serve when no calibration file is given.
+// JSON; when no calibration file is given, the built-in set of the sparse-kernel backend the build runs
+// (avx512, avx2 or portable, each fitted on a machine of its kind; docs/sparse-training.md) serves.
 //
 // Model (per call of one phase of one convolution of geometry g):
 //   t(kernel) = ns_per_call + ns_per_mac * executed_macs + ns_per_elem * activation_elems
@@ -53,7 +53,7 @@ struct ConvCostModel {
   std::array<std::array<KernelCoeffs, 2>, 3> coeffs{};
   double reorder_ns_per_elem = 0.0;  // converting activations between nChw16c and NCHW16n
   int threads = 0;                   // the thread count it was calibrated with (0: unknown)
-  std::string source;                // "built-in defaults" or the calibration file's path
+  std::string source;                // "built-in defaults (<backend>)" or the calibration file's path
 
   const KernelCoeffs& at(ConvPhase phase, ConvKernel kernel) const {
     return coeffs[static_cast<int>(phase)][static_cast<int>(kernel)];
@@ -76,8 +76,12 @@ struct ConvCostModel {
   // 0 = never sparse, 1 = sparse even with all weights kept.
   double break_even_density(ConvPhase phase, const ConvGeom& g, bool activations_nchw16n) const;
 
-  // The model fitted on the development machine (2 threads); see docs/sparse-training.md.
+  // The built-in model of the sparse-kernel backend this build runs (sparse_conv_backend()): 2 threads,
+  // fitted on a machine of that kind; see docs/sparse-training.md. source = "built-in defaults (avx2)".
   static ConvCostModel defaults();
+  // The built-in model of a backend by name ("avx512", "avx2", "portable"); throws trainer::Error
+  // naming the value otherwise.
+  static ConvCostModel defaults_for(const std::string& backend);
   // Reads a file written by save(); throws trainer::Error naming the file and the key that is missing
   // or out of range (e.g. "calibration 'c.json': key 'ff.sparse.ns_per_mac' must be a non-negative
   // number").

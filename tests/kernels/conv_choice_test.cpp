@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "kernels/sparse_conv.hpp"
 
 namespace trainer {
 namespace {
@@ -67,71 +68,99 @@ std::string load_error(const std::string& p) {
 // ---------------------------------------------------------------------------------------------------
 // The built-in model
 
-TEST(ConvChoice, DefaultsPickSparseAtLowDensityAndDenseAtFull) {
+const char* const kBackends[3] = {"avx512", "avx2", "portable"};
+
+TEST(ConvChoice, DefaultsAreThoseOfTheBackendThisBuildRuns) {
   const ConvCostModel m = ConvCostModel::defaults();
-  EXPECT_EQ(m.source, "built-in defaults");
-  EXPECT_EQ(m.threads, 2);
-  for (const ConvGeom& g : {kMid, geom(64, 16, 28, 16, 3, 1, 1), geom(64, 64, 7, 64, 3, 1, 1)})
-    for (ConvPhase p : kPhases) {
-      SCOPED_TRACE(conv_phase_name(p));
-      // Each kernel on its own layout.
-      EXPECT_LT(m.estimate_ns(p, ConvKernel::sparse, g, 0.05, false),
-                m.estimate_ns(p, ConvKernel::dense, g, 1, false));
-      EXPECT_GT(m.estimate_ns(p, ConvKernel::sparse, g, 1.0, false),
-                m.estimate_ns(p, ConvKernel::dense, g, 1, false));
-      // Activations already in the favoured layout of the kernel that should win.
-      EXPECT_EQ(m.choose(p, g, 0.05, /*activations_nchw16n=*/true), ConvKernel::sparse);
-      EXPECT_EQ(m.choose(p, g, 1.0, /*activations_nchw16n=*/false), ConvKernel::dense);
-      EXPECT_EQ(m.choose(p, g, 0.0, true), ConvKernel::sparse);
-    }
+  EXPECT_EQ(m.source, std::string("built-in defaults (") + sparse_conv_backend() + ")");
+  EXPECT_TRUE(m.same_coefficients(ConvCostModel::defaults_for(sparse_conv_backend())));
+  // The sets differ: an AVX2 machine's oneDNN and sparse kernels are not AVX-512's.
+  EXPECT_FALSE(ConvCostModel::defaults_for("avx2").same_coefficients(ConvCostModel::defaults_for("avx512")));
+  EXPECT_FALSE(
+      ConvCostModel::defaults_for("avx2").same_coefficients(ConvCostModel::defaults_for("portable")));
+  try {
+    ConvCostModel::defaults_for("neon");
+    ADD_FAILURE() << "an unknown backend was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'neon'"), std::string::npos) << e.what();
+  }
+}
+
+TEST(ConvChoice, DefaultsPickSparseAtLowDensityAndDenseAtFull) {
+  for (const char* backend : kBackends) {
+    SCOPED_TRACE(backend);
+    const ConvCostModel m = ConvCostModel::defaults_for(backend);
+    EXPECT_EQ(m.threads, 2);
+    // The portable kernels (no SIMD beyond the baseline) pay only at a few percent.
+    const double low = std::string(backend) == "portable" ? 0.02 : 0.05;
+    for (const ConvGeom& g : {kMid, geom(64, 16, 28, 16, 3, 1, 1), geom(64, 64, 7, 64, 3, 1, 1)})
+      for (ConvPhase p : kPhases) {
+        SCOPED_TRACE(conv_phase_name(p));
+        // Each kernel on its own layout.
+        EXPECT_LT(m.estimate_ns(p, ConvKernel::sparse, g, low, false),
+                  m.estimate_ns(p, ConvKernel::dense, g, 1, false));
+        EXPECT_GT(m.estimate_ns(p, ConvKernel::sparse, g, 1.0, false),
+                  m.estimate_ns(p, ConvKernel::dense, g, 1, false));
+        // Activations already in the favoured layout of the kernel that should win.
+        EXPECT_EQ(m.choose(p, g, low, /*activations_nchw16n=*/true), ConvKernel::sparse);
+        EXPECT_EQ(m.choose(p, g, 1.0, /*activations_nchw16n=*/false), ConvKernel::dense);
+        EXPECT_EQ(m.choose(p, g, 0.0, true), ConvKernel::sparse);
+      }
+  }
 }
 
 TEST(ConvChoice, EstimatesAreNonNegativeAndSparseGrowsWithDensity) {
-  const ConvCostModel m = ConvCostModel::defaults();
-  for (ConvPhase p : kPhases) {
-    double prev = -1;
-    for (double d = 0; d <= 1.0001; d += 0.05) {
-      const double t = m.estimate_ns(p, ConvKernel::sparse, kMid, d, false);
-      EXPECT_GT(t, prev);
-      prev = t;
+  for (const char* backend : kBackends) {
+    SCOPED_TRACE(backend);
+    const ConvCostModel m = ConvCostModel::defaults_for(backend);
+    for (ConvPhase p : kPhases) {
+      double prev = -1;
+      for (double d = 0; d <= 1.0001; d += 0.05) {
+        const double t = m.estimate_ns(p, ConvKernel::sparse, kMid, d, false);
+        EXPECT_GT(t, prev);
+        prev = t;
+      }
+      // Densities outside [0, 1] are clamped; NaN counts as all weights kept; dense ignores density.
+      EXPECT_EQ(m.estimate_ns(p, ConvKernel::sparse, kMid, 2.0, false),
+                m.estimate_ns(p, ConvKernel::sparse, kMid, 1.0, false));
+      EXPECT_EQ(m.estimate_ns(p, ConvKernel::sparse, kMid, -1.0, false),
+                m.estimate_ns(p, ConvKernel::sparse, kMid, 0.0, false));
+      EXPECT_EQ(m.estimate_ns(p, ConvKernel::sparse, kMid, NAN, false),
+                m.estimate_ns(p, ConvKernel::sparse, kMid, 1.0, false));
+      EXPECT_EQ(m.estimate_ns(p, ConvKernel::dense, kMid, 0.1, false),
+                m.estimate_ns(p, ConvKernel::dense, kMid, 1.0, false));
+      // The reorder costs something.
+      EXPECT_GT(m.estimate_ns(p, ConvKernel::dense, kMid, 1, true),
+                m.estimate_ns(p, ConvKernel::dense, kMid, 1, false));
     }
-    // Densities outside [0, 1] are clamped; NaN counts as all weights kept; dense ignores density.
-    EXPECT_EQ(m.estimate_ns(p, ConvKernel::sparse, kMid, 2.0, false),
-              m.estimate_ns(p, ConvKernel::sparse, kMid, 1.0, false));
-    EXPECT_EQ(m.estimate_ns(p, ConvKernel::sparse, kMid, -1.0, false),
-              m.estimate_ns(p, ConvKernel::sparse, kMid, 0.0, false));
-    EXPECT_EQ(m.estimate_ns(p, ConvKernel::sparse, kMid, NAN, false),
-              m.estimate_ns(p, ConvKernel::sparse, kMid, 1.0, false));
-    EXPECT_EQ(m.estimate_ns(p, ConvKernel::dense, kMid, 0.1, false),
-              m.estimate_ns(p, ConvKernel::dense, kMid, 1.0, false));
-    // The reorder costs something.
-    EXPECT_GT(m.estimate_ns(p, ConvKernel::dense, kMid, 1, true),
-              m.estimate_ns(p, ConvKernel::dense, kMid, 1, false));
   }
 }
 
 TEST(ConvChoice, BreakEvenDensityIsWhereTheChoiceFlips) {
-  const ConvCostModel m = ConvCostModel::defaults();
-  for (ConvPhase p : kPhases)
-    for (bool held16n : {false, true}) {
-      SCOPED_TRACE(std::string(conv_phase_name(p)) + (held16n ? " held NCHW16n" : " held nChw16c"));
-      const double be = m.break_even_density(p, kMid, held16n);
-      ASSERT_GE(be, 0.0);
-      ASSERT_LE(be, 1.0);
-      if (be > 0.01) {
-        EXPECT_EQ(m.choose(p, kMid, be - 0.01, held16n), ConvKernel::sparse);
+  for (const char* backend : kBackends) {
+    SCOPED_TRACE(backend);
+    const ConvCostModel m = ConvCostModel::defaults_for(backend);
+    for (ConvPhase p : kPhases)
+      for (bool held16n : {false, true}) {
+        SCOPED_TRACE(std::string(conv_phase_name(p)) + (held16n ? " held NCHW16n" : " held nChw16c"));
+        const double be = m.break_even_density(p, kMid, held16n);
+        ASSERT_GE(be, 0.0);
+        ASSERT_LE(be, 1.0);
+        if (be > 0.01) {
+          EXPECT_EQ(m.choose(p, kMid, be - 0.01, held16n), ConvKernel::sparse);
+        }
+        if (be < 0.99) {
+          EXPECT_EQ(m.choose(p, kMid, be + 0.01, held16n), ConvKernel::dense);
+        }
       }
-      if (be < 0.99) {
-        EXPECT_EQ(m.choose(p, kMid, be + 0.01, held16n), ConvKernel::dense);
-      }
+    for (ConvPhase p : kPhases) {
+      // Holding the activations in the sparse kernel's layout can only favour it.
+      EXPECT_LE(m.break_even_density(p, kMid, false), m.break_even_density(p, kMid, true));
+      // Held in NCHW16n (no reorder for sparse), sparse pays at some density in (0, 1).
+      const double be = m.break_even_density(p, kMid, true);
+      EXPECT_GT(be, 0.0);
+      EXPECT_LT(be, 1.0);
     }
-  for (ConvPhase p : kPhases) {
-    // Holding the activations in the sparse kernel's layout can only favour it.
-    EXPECT_LE(m.break_even_density(p, kMid, false), m.break_even_density(p, kMid, true));
-    // Held in NCHW16n (no reorder for sparse), sparse pays at some density in (0, 1).
-    const double be = m.break_even_density(p, kMid, true);
-    EXPECT_GT(be, 0.0);
-    EXPECT_LT(be, 1.0);
   }
 }
 
