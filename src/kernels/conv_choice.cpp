@@ -88,51 +88,58 @@ double ConvCostModel::break_even_density(ConvPhase phase, const ConvGeom& g, boo
   return std::clamp(d, 0.0, 1.0);
 }
 
-// Fitted by `trainer calibrate --threads 2 --batch 64 --repeats 30` on the development machine (a 2-vCPU
-// Intel Xeon VM with AVX-512, oneDNN 2.6, gcc 12 -O3 -march=native), load average 0.9, after layout
-// conversions became blocked transposes into reused buffers (reorder 0.42 ns per element, was 0.85); the
-// measured times and the break-even densities are in docs/sparse-training.md.
 ConvCostModel ConvCostModel::defaults() { return defaults_for(sparse_conv_backend()); }
 
-ConvCostModel ConvCostModel::defaults_for(const std::string& backend) {
-  ConvCostModel m;
-  // {ns_per_call, ns_per_mac, ns_per_elem}; each set from `trainer calibrate --threads 2 --batch 64
-  // --repeats 30` on the machine named in docs/sparse-training.md ("Built-in defaults").
-  if (backend == "avx512") {
-    // 2-vCPU Intel Xeon VM with AVX-512.
-    m.at(ConvPhase::ff, ConvKernel::dense) = {41736.6, 0.00459261, 0.0972477};
-    m.at(ConvPhase::ff, ConvKernel::sparse) = {51640.6, 0.0140556, 0.0310134};
-    m.at(ConvPhase::bp, ConvKernel::dense) = {57890.7, 0.00466121, 0.131978};
-    m.at(ConvPhase::bp, ConvKernel::sparse) = {53074.6, 0.0131737, 0.0337482};
-    m.at(ConvPhase::wg, ConvKernel::dense) = {0, 0.00635335, 0.0799059};
-    m.at(ConvPhase::wg, ConvKernel::sparse) = {41754.6, 0.0181247, 0.0665204};
-    m.reorder_ns_per_elem = 0.418548;
-  } else if (backend == "portable") {
-    // The AVX2 machine below with this project built for baseline x86-64 (-DTRAINER_NATIVE=OFF): the
-    // sparse kernels in their portable form, oneDNN still dispatching its AVX2 code at run time. The
-    // portable kernels cost about 15x the AVX2 ones per multiply, so sparse pays only below ~6% density.
-    m.at(ConvPhase::ff, ConvKernel::dense) = {67225.4, 0.0137579, 0.291724};
-    m.at(ConvPhase::ff, ConvKernel::sparse) = {0, 0.275397, 0.0390691};
-    m.at(ConvPhase::bp, ConvKernel::dense) = {95758.8, 0.0109869, 0.282094};
-    m.at(ConvPhase::bp, ConvKernel::sparse) = {17879.9, 0.266183, 0.116026};
-    m.at(ConvPhase::wg, ConvKernel::dense) = {15245.1, 0.0146166, 0.306252};
-    m.at(ConvPhase::wg, ConvKernel::sparse) = {17414, 0.0639158, 0.0450096};
-    m.reorder_ns_per_elem = 0.463023;
-  } else if (backend == "avx2") {
+namespace {
+
+// One backend's built-in set: coeffs[phase][kernel] = {ns_per_call, ns_per_mac, ns_per_elem}, each from
+// `trainer calibrate --threads 2 --batch 64 --repeats 30` on the machine docs/sparse-training.md names
+// ("Built-in defaults").
+struct BuiltInCosts {
+  const char* backend;
+  KernelCoeffs coeffs[3][2];
+  double reorder_ns_per_elem;
+};
+
+const BuiltInCosts kBuiltInCosts[] = {
+    // 2-vCPU Intel Xeon VM with AVX-512 (oneDNN 2.6, gcc 12 -O3 -march=native), load average 0.9.
+    {"avx512",
+     {{{41736.6, 0.00459261, 0.0972477}, {51640.6, 0.0140556, 0.0310134}},
+      {{57890.7, 0.00466121, 0.131978}, {53074.6, 0.0131737, 0.0337482}},
+      {{0, 0.00635335, 0.0799059}, {41754.6, 0.0181247, 0.0665204}}},
+     0.418548},
     // 2-vCPU AMD EPYC (Zen 3) VM, AVX2 + FMA, no AVX-512; oneDNN runs its jit:avx2 kernels.
-    m.at(ConvPhase::ff, ConvKernel::dense) = {78486.7, 0.0119645, 0.257959};
-    m.at(ConvPhase::ff, ConvKernel::sparse) = {878.103, 0.0211237, 0.0479997};
-    m.at(ConvPhase::bp, ConvKernel::dense) = {67114.6, 0.0102213, 0.282199};
-    m.at(ConvPhase::bp, ConvKernel::sparse) = {9493.07, 0.0185946, 0.0681799};
-    m.at(ConvPhase::wg, ConvKernel::dense) = {0, 0.0152845, 0.285676};
-    m.at(ConvPhase::wg, ConvKernel::sparse) = {20460.4, 0.0240843, 0.0187999};
-    m.reorder_ns_per_elem = 0.737328;
-  } else {
+    {"avx2",
+     {{{78486.7, 0.0119645, 0.257959}, {878.103, 0.0211237, 0.0479997}},
+      {{67114.6, 0.0102213, 0.282199}, {9493.07, 0.0185946, 0.0681799}},
+      {{0, 0.0152845, 0.285676}, {20460.4, 0.0240843, 0.0187999}}},
+     0.737328},
+    // The AVX2 machine with this project built for baseline x86-64 (-DTRAINER_NATIVE=OFF): the sparse
+    // kernels in their portable form, oneDNN still dispatching its AVX2 code at run time. FF and BP cost
+    // about 13-14x the AVX2 ones per multiply (WG 2.7x): sparse FF and BP pay only below 4-9% density,
+    // WG below about a quarter.
+    {"portable",
+     {{{67225.4, 0.0137579, 0.291724}, {0, 0.275397, 0.0390691}},
+      {{95758.8, 0.0109869, 0.282094}, {17879.9, 0.266183, 0.116026}},
+      {{15245.1, 0.0146166, 0.306252}, {17414, 0.0639158, 0.0450096}}},
+     0.463023},
+};
+
+}  // namespace
+
+ConvCostModel ConvCostModel::defaults_for(const std::string& backend) {
+  const BuiltInCosts* set = nullptr;
+  for (const BuiltInCosts& c : kBuiltInCosts)
+    if (backend == c.backend) set = &c;
+  if (!set)
     fail(
         "cost model: no built-in defaults for the sparse-kernel backend '{}' (expected avx512, avx2 or "
         "portable)",
         backend);
-  }
+  ConvCostModel m;
+  for (int p = 0; p < 3; ++p)
+    for (int k = 0; k < 2; ++k) m.coeffs[p][k] = set->coeffs[p][k];
+  m.reorder_ns_per_elem = set->reorder_ns_per_elem;
   m.threads = 2;
   m.source = fmt::format("built-in defaults ({})", backend);
   return m;
