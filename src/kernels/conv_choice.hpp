@@ -77,7 +77,8 @@ struct ConvCostModel {
   double break_even_density(ConvPhase phase, const ConvGeom& g, bool activations_nchw16n) const;
 
   // The built-in model of the sparse-kernel backend this build runs (sparse_conv_backend()): 2 threads,
-  // fitted on a machine of that kind; see docs/sparse-training.md. source = "built-in defaults (avx2)".
+  // fitted on a machine of that kind; see docs/sparse-training.md. Its source names the backend, e.g.
+  // "built-in defaults (avx2)".
   static ConvCostModel defaults();
   // The built-in model of a backend by name ("avx512", "avx2", "portable"); throws trainer::Error
   // naming the value otherwise.
