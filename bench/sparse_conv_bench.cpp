@@ -33,6 +33,7 @@
 #include "core/rng.hpp"
 #include "core/tensor.hpp"
 #include "core/timer.hpp"
+#include "kernels/conv_choice.hpp"
 #include "kernels/dnnl_context.hpp"
 #include "kernels/sparse_conv.hpp"
 #include "kernels/sparse_weights.hpp"
@@ -257,6 +258,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  const ConvCostModel model = ConvCostModel::defaults();
   fmt::print("sparse conv vs oneDNN {}.{} dense, fp32, {} threads, sparse kernels: {}, median of {} runs\n",
              dnnl_version()->major, dnnl_version()->minor, omp_get_max_threads(), sparse_conv_backend(),
              reps);
@@ -331,6 +333,21 @@ int main(int argc, char** argv) {
     if (sparsities.size() > 1)
       fmt::print("  break-even sparsity: FF {}, BP {}, WG {}\n", break_even(sparsities, speed[0]),
                  break_even(sparsities, speed[1]), break_even(sparsities, speed[2]));
+    // The cost model's break-even for this shape: with each kernel on its own layout (what is measured
+    // above), and where a pruned run's choice switches to sparse (activations held in NCHW16n, so dense
+    // would pay the reorders).
+    ConvGeom g;
+    g.N = l.N, g.C = l.C, g.H = l.H, g.W = l.W, g.K = l.K, g.R = l.R, g.S = l.R, g.stride = l.stride,
+    g.pad = l.pad;
+    auto pct = [](double density) { return fmt::format("{:.0f}%", 100 * (1.0 - density)); };
+    if (only_phase.empty())
+      fmt::print("  cost model ({}): break-even FF {}, BP {}, WG {}; in a pruned run FF {}, BP {}, WG {}\n",
+                 model.source, pct(model.kernel_break_even_density(ConvPhase::ff, g)),
+                 pct(model.kernel_break_even_density(ConvPhase::bp, g)),
+                 pct(model.kernel_break_even_density(ConvPhase::wg, g)),
+                 pct(model.break_even_density(ConvPhase::ff, g, true)),
+                 pct(model.break_even_density(ConvPhase::bp, g, true)),
+                 pct(model.break_even_density(ConvPhase::wg, g, true)));
     fmt::print("\n");
   }
   return 0;

@@ -46,15 +46,6 @@ std::string measured_break_even(double dense_ns, const std::vector<std::pair<dou
   return "<" + percent(sparse.back().first);
 }
 
-// Where the model's estimates meet with each kernel on its own layout (no reorder).
-double model_break_even_no_reorder(const ConvCostModel& m, ConvPhase p, const ConvGeom& g) {
-  const double dense = m.estimate_ns(p, ConvKernel::dense, g, 1.0, false);
-  const double fixed = m.estimate_ns(p, ConvKernel::sparse, g, 0.0, false);
-  const double slope = m.estimate_ns(p, ConvKernel::sparse, g, 1.0, false) - fixed;
-  if (!(slope > 0.0)) return fixed < dense ? 1.0 : 0.0;
-  return std::clamp((dense - fixed) / slope, 0.0, 1.0);
-}
-
 void print_tables(const CalibrationData& data, const ConvCostModel& m) {
   const char* titles[3] = {"ff (forward: y from x)", "bp (backward: dx from dy)", "wg (weight gradient)"};
   for (ConvPhase p : {ConvPhase::ff, ConvPhase::bp, ConvPhase::wg}) {
@@ -90,8 +81,8 @@ void print_tables(const CalibrationData& data, const ConvCostModel& m) {
       }
       line +=
           fmt::format("  {:>8} {:>6} {:>6} {:>6}", measured_break_even(dense_ns, sparse),
-                      percent(model_break_even_no_reorder(m, p, g)),
-                      percent(m.break_even_density(p, g, false)), percent(m.break_even_density(p, g, true)));
+                      percent(m.kernel_break_even_density(p, g)), percent(m.break_even_density(p, g, false)),
+                      percent(m.break_even_density(p, g, true)));
       fmt::print("{}\n", line);
     }
   }

@@ -80,8 +80,17 @@ ConvKernel ConvCostModel::choose(ConvPhase phase, const ConvGeom& g, double dens
 }
 
 double ConvCostModel::break_even_density(ConvPhase phase, const ConvGeom& g, bool activations_nchw16n) const {
-  const double dense = estimate_ns(phase, ConvKernel::dense, g, 1.0, activations_nchw16n);
-  const double fixed = estimate_ns(phase, ConvKernel::sparse, g, 0.0, !activations_nchw16n);
+  return break_even(phase, g, activations_nchw16n, !activations_nchw16n);
+}
+
+double ConvCostModel::kernel_break_even_density(ConvPhase phase, const ConvGeom& g) const {
+  return break_even(phase, g, false, false);
+}
+
+double ConvCostModel::break_even(ConvPhase phase, const ConvGeom& g, bool dense_reorders,
+                                 bool sparse_reorders) const {
+  const double dense = estimate_ns(phase, ConvKernel::dense, g, 1.0, dense_reorders);
+  const double fixed = estimate_ns(phase, ConvKernel::sparse, g, 0.0, sparse_reorders);
   const double per_density = at(phase, ConvKernel::sparse).ns_per_mac * static_cast<double>(g.macs());
   if (!(per_density > 0.0)) return fixed < dense ? 1.0 : 0.0;
   const double d = (dense - fixed) / per_density;

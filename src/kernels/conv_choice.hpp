@@ -75,6 +75,9 @@ struct ConvCostModel {
   // The density below which choose() picks sparse (where the two estimates meet), clamped to [0, 1]:
   // 0 = never sparse, 1 = sparse even with all weights kept.
   double break_even_density(ConvPhase phase, const ConvGeom& g, bool activations_nchw16n) const;
+  // The same with each kernel on its own layout (neither pays a reorder): what a benchmark timing the
+  // two kernels side by side measures.
+  double kernel_break_even_density(ConvPhase phase, const ConvGeom& g) const;
 
   // The built-in model of the sparse-kernel backend this build runs (sparse_conv_backend()): 2 threads,
   // fitted on a machine of that kind; see docs/sparse-training.md. Its source names the backend, e.g.
@@ -89,6 +92,9 @@ struct ConvCostModel {
   static ConvCostModel load(const std::string& path);
   // Writes atomically (PATH.tmp, then rename); throws trainer::Error naming the file on failure.
   void save(const std::string& path) const;
+
+  // Where the estimates meet when the dense / the sparse kernel pays the reorder, clamped to [0, 1].
+  double break_even(ConvPhase phase, const ConvGeom& g, bool dense_reorders, bool sparse_reorders) const;
 
   // Coefficients and thread count (not the source) are equal.
   bool same_coefficients(const ConvCostModel& o) const {

@@ -154,8 +154,11 @@ TEST(ConvChoice, BreakEvenDensityIsWhereTheChoiceFlips) {
         }
       }
     for (ConvPhase p : kPhases) {
-      // Holding the activations in the sparse kernel's layout can only favour it.
+      // Holding the activations in the sparse kernel's layout can only favour it; with neither kernel
+      // paying a reorder the break-even lies between the two.
       EXPECT_LE(m.break_even_density(p, kMid, false), m.break_even_density(p, kMid, true));
+      EXPECT_LE(m.break_even_density(p, kMid, false), m.kernel_break_even_density(p, kMid));
+      EXPECT_LE(m.kernel_break_even_density(p, kMid), m.break_even_density(p, kMid, true));
       // Held in NCHW16n (no reorder for sparse), sparse pays at some density in (0, 1).
       const double be = m.break_even_density(p, kMid, true);
       EXPECT_GT(be, 0.0);
@@ -178,6 +181,15 @@ TEST(ConvChoice, BreakEvenEdgeCases) {
   m.at(ConvPhase::ff, ConvKernel::sparse) = {500, 2e-3, 0};
   const double M = static_cast<double>(kMid.macs());
   EXPECT_NEAR(m.break_even_density(ConvPhase::ff, kMid, true), (500 + 1e-3 * M) / (2e-3 * M), 1e-12);
+  // Reorders: r ns per activation element on the kernel whose layout the activations are not in; each
+  // kernel on its own layout pays none.
+  m.reorder_ns_per_elem = 0.005;
+  const double E = conv_activation_elems(ConvPhase::ff, kMid);
+  EXPECT_NEAR(m.kernel_break_even_density(ConvPhase::ff, kMid), (500 + 1e-3 * M) / (2e-3 * M), 1e-12);
+  EXPECT_NEAR(m.break_even_density(ConvPhase::ff, kMid, true), (500 + 1e-3 * M + 0.005 * E) / (2e-3 * M),
+              1e-12);
+  EXPECT_NEAR(m.break_even_density(ConvPhase::ff, kMid, false), (500 + 1e-3 * M - 0.005 * E) / (2e-3 * M),
+              1e-12);
 }
 
 // ---------------------------------------------------------------------------------------------------
