@@ -1,6 +1,8 @@
 // Sparse conv kernels (kernels/sparse_conv.hpp) against oneDNN dense, per phase, on the 3x3 conv layers of
 // ResNet-18 for CIFAR at batch 64 (fp32), over unstructured weight sparsities; prints times, speedups and
-// the break-even sparsity (where sparse time = dense time, interpolated between measured points).
+// the break-even sparsity (where sparse time = dense time, interpolated between measured points), and
+// beside it the break-even of the built-in cost model that makes the run-time choice (each kernel on its
+// own layout, as measured here, and as a pruned run decides it, with dense paying the reorders).
 //
 // oneDNN: primitives created once with format_tag::any (its preferred blocked layouts), operands already
 // in those layouts (no reorders timed). Sparse: activations in NCHW16n, weights compressed once (the
