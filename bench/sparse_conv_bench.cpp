@@ -3,6 +3,9 @@
 // the break-even sparsity (where sparse time = dense time, interpolated between measured points), and
 // beside it the break-even of the built-in cost model that makes the run-time choice (each kernel on its
 // own layout, as measured here, and as a pruned run decides it, with dense paying the reorders).
+// Beside each point, the kernel that model picks there (each kernel on its own layout) and that kernel's
+// speed over dense; the worst of those per phase shows whether the dense fallback keeps the choice from
+// being slower than dense.
 //
 // oneDNN: primitives created once with format_tag::any (its preferred blocked layouts), operands already
 // in those layouts (no reorders timed). Sparse: activations in NCHW16n, weights compressed once (the
@@ -286,9 +289,18 @@ int main(int argc, char** argv) {
     const double gmacs = static_cast<double>(l.N * l.K * P * Q * l.C * l.R * l.R) * 1e-9;
 
     fmt::print("{}  ({:.2f} GMAC per phase; oneDNN {})\n", l.name, gmacs, dense.impl);
-    fmt::print("  {:>8} {:>5} {:>10} {:>10} {:>8} {:>10}\n", "sparsity", "phase", "dense ms", "sparse ms",
-               "speedup", "repack ms");
+    ConvGeom g;
+    g.N = l.N, g.C = l.C, g.H = l.H, g.W = l.W, g.K = l.K, g.R = l.R, g.S = l.R, g.stride = l.stride,
+    g.pad = l.pad;
+    const ConvPhase model_phase[3] = {ConvPhase::ff, ConvPhase::bp, ConvPhase::wg};
+    fmt::print("  {:>8} {:>5} {:>10} {:>10} {:>8} {:>10} {:>7} {:>8}\n", "sparsity", "phase", "dense ms",
+               "sparse ms", "speedup", "repack ms", "choice", "chosen");
     std::vector<double> speed[3];
+    // The kernel the cost model picks at each measured point (each kernel on its own layout), and that
+    // kernel's speed over dense: below 1.00x where the model picks sparse and sparse is slower. The worst
+    // of these per phase says whether the dense fallback keeps the choice from being slower than dense.
+    double worst_chosen[3] = {1e30, 1e30, 1e30};
+    double worst_at[3] = {0, 0, 0};
     for (double sp : sparsities) {
       Tensor mask(w.shape());
       for (int64_t i = 0; i < mask.numel(); ++i) mask.data()[i] = rng.uniform() >= sp ? 1.0f : 0.0f;
@@ -327,20 +339,30 @@ int main(int argc, char** argv) {
           t = compare(
               reps, [&] { dense.run_wg(); },
               [&] { sparse_conv_wg_values(x, dy, sw, dw_values.data(), nullptr, scratch, {}, opt); });
-        speed[ph].push_back(t.first / t.second);
-        fmt::print("  {:>7.0f}% {:>5} {:>10.3f} {:>10.3f} {:>7.2f}x {:>10.3f}\n", 100 * sp, phases[ph],
-                   t.first, t.second, t.first / t.second, repack);
+        const double speedup = t.first / t.second;
+        speed[ph].push_back(speedup);
+        const double density = static_cast<double>(sw.nnz()) / static_cast<double>(w.numel());
+        const bool pick_sparse = density < model.kernel_break_even_density(model_phase[ph], g);
+        const double chosen = pick_sparse ? speedup : 1.0;
+        if (chosen < worst_chosen[ph]) worst_chosen[ph] = chosen, worst_at[ph] = sp;
+        fmt::print("  {:>7.0f}% {:>5} {:>10.3f} {:>10.3f} {:>7.2f}x {:>10.3f} {:>7} {:>7.2f}x\n", 100 * sp,
+                   phases[ph], t.first, t.second, speedup, repack, pick_sparse ? "sparse" : "dense", chosen);
       }
     }
     if (sparsities.size() > 1)
       fmt::print("  break-even sparsity: FF {}, BP {}, WG {}\n", break_even(sparsities, speed[0]),
                  break_even(sparsities, speed[1]), break_even(sparsities, speed[2]));
+    if (only_phase.empty()) {
+      auto worst = [&](int ph) {
+        return worst_chosen[ph] >= 1.0 ? std::string("never slower")
+                                       : fmt::format("{:.2f}x at {:.0f}%", worst_chosen[ph], 100 * worst_at[ph]);
+      };
+      fmt::print("  the model's choice against oneDNN at its worst: FF {}, BP {}, WG {}\n", worst(0), worst(1),
+                 worst(2));
+    }
     // The cost model's break-even for this shape: with each kernel on its own layout (what is measured
     // above), and where a pruned run's choice switches to sparse (activations held in NCHW16n, so dense
     // would pay the reorders).
-    ConvGeom g;
-    g.N = l.N, g.C = l.C, g.H = l.H, g.W = l.W, g.K = l.K, g.R = l.R, g.S = l.R, g.stride = l.stride,
-    g.pad = l.pad;
     auto pct = [](double density) { return fmt::format("{:.0f}%", 100 * (1.0 - density)); };
     if (only_phase.empty())
       fmt::print("  cost model ({}): break-even FF {}, BP {}, WG {}; in a pruned run FF {}, BP {}, WG {}\n",
