@@ -293,8 +293,11 @@ int main(int argc, char** argv) {
     g.N = l.N, g.C = l.C, g.H = l.H, g.W = l.W, g.K = l.K, g.R = l.R, g.S = l.R, g.stride = l.stride,
     g.pad = l.pad;
     const ConvPhase model_phase[3] = {ConvPhase::ff, ConvPhase::bp, ConvPhase::wg};
-    fmt::print("  {:>8} {:>5} {:>10} {:>10} {:>8} {:>10} {:>7} {:>8}\n", "sparsity", "phase", "dense ms",
-               "sparse ms", "speedup", "repack ms", "choice", "chosen");
+    if (only_phase.empty())
+      fmt::print("  {:>8} {:>5} {:>10} {:>10} {:>8} {:>10} {:>7} {:>8}\n", "sparsity", "phase", "dense ms",
+                 "sparse ms", "speedup", "repack ms", "choice", "chosen");
+    else
+      fmt::print("  {:>8} {:>5} {:>10} {:>10}\n", "sparsity", "phase", "dense ms", "sparse ms");
     std::vector<double> speed[3];
     // The kernel the cost model picks at each measured point (each kernel on its own layout), and that
     // kernel's speed over dense: below 1.00x where the model picks sparse and sparse is slower. The worst
