@@ -292,7 +292,9 @@ int main(int argc, char** argv) {
     ConvGeom g;
     g.N = l.N, g.C = l.C, g.H = l.H, g.W = l.W, g.K = l.K, g.R = l.R, g.S = l.R, g.stride = l.stride,
     g.pad = l.pad;
-    const ConvPhase model_phase[3] = {ConvPhase::ff, ConvPhase::bp, ConvPhase::wg};
+    const double model_be[3] = {model.kernel_break_even_density(ConvPhase::ff, g),
+                                model.kernel_break_even_density(ConvPhase::bp, g),
+                                model.kernel_break_even_density(ConvPhase::wg, g)};
     if (only_phase.empty())
       fmt::print("  {:>8} {:>5} {:>10} {:>10} {:>8} {:>10} {:>7} {:>8}\n", "sparsity", "phase", "dense ms",
                  "sparse ms", "speedup", "repack ms", "choice", "chosen");
@@ -345,7 +347,7 @@ int main(int argc, char** argv) {
         const double speedup = t.first / t.second;
         speed[ph].push_back(speedup);
         const double density = static_cast<double>(sw.nnz()) / static_cast<double>(w.numel());
-        const bool pick_sparse = density < model.kernel_break_even_density(model_phase[ph], g);
+        const bool pick_sparse = density < model_be[ph];
         const double chosen = pick_sparse ? speedup : 1.0;
         if (chosen < worst_chosen[ph]) worst_chosen[ph] = chosen, worst_at[ph] = sp;
         fmt::print("  {:>7.0f}% {:>5} {:>10.3f} {:>10.3f} {:>7.2f}x {:>10.3f} {:>7} {:>7.2f}x\n", 100 * sp,
@@ -369,9 +371,7 @@ int main(int argc, char** argv) {
     auto pct = [](double density) { return fmt::format("{:.0f}%", 100 * (1.0 - density)); };
     if (only_phase.empty())
       fmt::print("  cost model ({}): break-even FF {}, BP {}, WG {}; in a pruned run FF {}, BP {}, WG {}\n",
-                 model.source, pct(model.kernel_break_even_density(ConvPhase::ff, g)),
-                 pct(model.kernel_break_even_density(ConvPhase::bp, g)),
-                 pct(model.kernel_break_even_density(ConvPhase::wg, g)),
+                 model.source, pct(model_be[0]), pct(model_be[1]), pct(model_be[2]),
                  pct(model.break_even_density(ConvPhase::ff, g, true)),
                  pct(model.break_even_density(ConvPhase::bp, g, true)),
                  pct(model.break_even_density(ConvPhase::wg, g, true)));
