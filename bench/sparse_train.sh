@@ -9,6 +9,7 @@
 #   options: --model resnet20 --width 16 --threads 2 --batch-size 128 --steps 200 --sparsities "0.8 0.9 0.95"
 #            --policies "magnitude dns rigl" --distribution uniform|erk --kernels auto|sparse|dense
 #            --calibration FILE --no-torch
+#            --rounds N   (throughput mode: the whole sequence N times; the median of each run's images/s)
 #            --prune-args "--prune-end 0.5 --prune-every 50"   (accuracy mode: added to every pruned run)
 #            --runs "dense magnitude:0.9 rigl:0.95"   (accuracy mode: exactly these runs, in this order;
 #                                                      e.g. to split the table over two processes)
@@ -29,6 +30,7 @@ width=16
 threads=2
 batch=128
 steps=200
+rounds=1
 epochs=4
 accuracy=0
 sparsities="0.8 0.9 0.95"
@@ -47,6 +49,7 @@ while (( $# )); do
     --threads) threads="$2"; shift 2 ;;
     --batch-size) batch="$2"; shift 2 ;;
     --steps) steps="$2"; shift 2 ;;
+    --rounds) rounds="$2"; shift 2 ;;
     --epochs) epochs="$2"; shift 2 ;;
     --accuracy) accuracy=1; shift ;;
     --sparsities) sparsities="$2"; shift 2 ;;
@@ -61,6 +64,8 @@ while (( $# )); do
     *) echo "sparse_train.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
+
+[[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "sparse_train.sh: --rounds must be a positive integer, got '$rounds'" >&2; exit 2; }
 
 if (( torch )); then TRAINER_WITH_TORCH=1 scripts/install-deps >/dev/null; else scripts/install-deps >/dev/null; fi
 scripts/build >/dev/null
@@ -92,26 +97,50 @@ run_trainer() {  # name, extra args...
 
 if (( accuracy == 0 )); then
   run=(--epochs 1 --max-steps "$steps" --eval-every 1)
-  printf '%-22s %10s %12s %12s\n' run "images/s" "vs dense" "vs pytorch"
-  torch_ips=""
-  if (( torch )); then
-    /usr/bin/python3 bench/pytorch_train.py --model "$model" --width "$width" --epochs 1 --max-steps "$steps" \
-      --batch-size "$batch" --lr 0.1 --threads "$threads" --data-dir "$data_dir" > "$out/torch.jsonl"
-    read -r torch_ips _ _ < <(summarise "$out/torch.jsonl")
-    printf '%-22s %10.0f %12s %12s\n' "pytorch dense" "$torch_ips" "" "1.00"
-  fi
-  read -r dense_ips _ _ < <(run_trainer dense "${run[@]}")
-  vs_t=""; [[ -n "$torch_ips" ]] && vs_t=$(awk -v a="$dense_ips" -v b="$torch_ips" 'BEGIN{printf "%.2f", a/b}')
-  printf '%-22s %10.0f %12s %12s\n' "trainer dense" "$dense_ips" "1.00" "$vs_t"
-  for s in $sparsities; do
-    for p in $policies; do
-      read -r ips _ sp < <(run_trainer "$p-$s" "${run[@]}" --prune "$p" --sparsity "$s" --initial-sparsity "$s" \
-        --prune-begin 0 --prune-distribution "$distribution" --kernels "$kernels" "${calibration[@]}")
-      vs_d=$(awk -v a="$ips" -v b="$dense_ips" 'BEGIN{printf "%.2f", a/b}')
-      vs_t=""; [[ -n "$torch_ips" ]] && vs_t=$(awk -v a="$ips" -v b="$torch_ips" 'BEGIN{printf "%.2f", a/b}')
-      printf '%-22s %10.0f %12s %12s   (sparsity %.1f%%)\n' "$p $s" "$ips" "$vs_d" "$vs_t" \
-        "$(awk -v x="$sp" 'BEGIN{print 100*x}')"
+  # Every run of the sequence once per round, the rounds one after the other (so that a slow moment of
+  # the machine falls on all runs of a round alike); the table gives each round's images/s and their
+  # median, and the ratios are of the medians.
+  names=()
+  declare -A ips_of=() sp_of=()
+  add() {  # name images/s [sparsity]
+    [[ -z "${ips_of[$1]+x}" ]] && names+=("$1")
+    ips_of[$1]="${ips_of[$1]:+${ips_of[$1]} }$2"
+    [[ -n "${3:-}" ]] && sp_of[$1]="$3"
+    return 0
+  }
+  for (( round = 1; round <= rounds; ++round )); do
+    if (( torch )); then
+      /usr/bin/python3 bench/pytorch_train.py --model "$model" --width "$width" --epochs 1 --max-steps "$steps" \
+        --batch-size "$batch" --lr 0.1 --threads "$threads" --data-dir "$data_dir" > "$out/torch.jsonl"
+      read -r ips _ _ < <(summarise "$out/torch.jsonl")
+      add "pytorch dense" "$ips"
+    fi
+    read -r ips _ _ < <(run_trainer dense "${run[@]}")
+    add "trainer dense" "$ips"
+    for s in $sparsities; do
+      for p in $policies; do
+        read -r ips _ sp < <(run_trainer "$p-$s" "${run[@]}" --prune "$p" --sparsity "$s" --initial-sparsity "$s" \
+          --prune-begin 0 --prune-distribution "$distribution" --kernels "$kernels" "${calibration[@]}")
+        add "$p $s" "$ips" "$sp"
+      done
     done
+  done
+  median() { tr ' ' '\n' <<< "$1" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+  torch_ips=""; (( torch )) && torch_ips=$(median "${ips_of[pytorch dense]}")
+  dense_ips=$(median "${ips_of[trainer dense]}")
+  if (( rounds > 1 )); then
+    printf '%-22s %10s %12s %12s   %s\n' run "images/s" "vs dense" "vs pytorch" "each round"
+  else
+    printf '%-22s %10s %12s %12s\n' run "images/s" "vs dense" "vs pytorch"
+  fi
+  for name in "${names[@]}"; do
+    ips=$(median "${ips_of[$name]}")
+    vs_d=""; [[ "$name" != "pytorch dense" ]] && vs_d=$(awk -v a="$ips" -v b="$dense_ips" 'BEGIN{printf "%.2f", a/b}')
+    vs_t=""; [[ -n "$torch_ips" ]] && vs_t=$(awk -v a="$ips" -v b="$torch_ips" 'BEGIN{printf "%.2f", a/b}')
+    line=$(printf '%-22s %10.0f %12s %12s' "$name" "$ips" "$vs_d" "$vs_t")
+    [[ -n "${sp_of[$name]+x}" ]] && line+=$(printf '   (sparsity %.1f%%)' "$(awk -v x="${sp_of[$name]}" 'BEGIN{print 100*x}')")
+    (( rounds > 1 )) && line+="   $(awk '{for (i = 1; i <= NF; ++i) printf "%s%.0f", (i > 1 ? " / " : ""), $i}' <<< "${ips_of[$name]}")"
+    echo "$line"
   done
 else
   run=(--epochs "$epochs" --augment-crop 2 --augment-flip)

@@ -79,12 +79,15 @@ struct ConvCostModel {
   // two kernels side by side measures.
   double kernel_break_even_density(ConvPhase phase, const ConvGeom& g) const;
 
-  // The built-in model of the sparse-kernel backend this build runs (sparse_conv_backend()): 2 threads,
-  // fitted on a machine of that kind; see docs/sparse-training.md. Its source names the backend, e.g.
-  // "built-in defaults (avx2)".
+  // The built-in model of this machine (builtin_set()): 2 threads, fitted on a machine of that kind;
+  // see docs/sparse-training.md. Its source names the set, e.g. "built-in defaults (avx2)".
   static ConvCostModel defaults();
-  // The built-in model of a backend by name ("avx512", "avx2", "portable"); throws trainer::Error
-  // naming the value otherwise.
+  // The built-in set this machine uses: the sparse-kernel backend this build runs (sparse_conv_backend()),
+  // except that AVX-512 on an AMD CPU takes "avx512-amd" (its vector units and caches price the two
+  // kinds of kernel differently from Intel's).
+  static std::string builtin_set();
+  // A built-in set by name ("avx512", "avx512-amd", "avx2", "portable"); throws trainer::Error naming
+  // the value otherwise.
   static ConvCostModel defaults_for(const std::string& backend);
   // Reads a file written by save(); throws trainer::Error naming the file and the key that is missing
   // or out of range (e.g. "calibration 'c.json': key 'ff.sparse.ns_per_mac' must be a non-negative

@@ -68,16 +68,24 @@ std::string load_error(const std::string& p) {
 // ---------------------------------------------------------------------------------------------------
 // The built-in model
 
-const char* const kBackends[3] = {"avx512", "avx2", "portable"};
+const char* const kBackends[4] = {"avx512", "avx512-amd", "avx2", "portable"};
 
 TEST(ConvChoice, DefaultsAreThoseOfTheBackendThisBuildRuns) {
   const ConvCostModel m = ConvCostModel::defaults();
-  EXPECT_EQ(m.source, std::string("built-in defaults (") + sparse_conv_backend() + ")");
-  EXPECT_TRUE(m.same_coefficients(ConvCostModel::defaults_for(sparse_conv_backend())));
-  // The sets differ: an AVX2 machine's oneDNN and sparse kernels are not AVX-512's.
-  EXPECT_FALSE(ConvCostModel::defaults_for("avx2").same_coefficients(ConvCostModel::defaults_for("avx512")));
-  EXPECT_FALSE(
-      ConvCostModel::defaults_for("avx2").same_coefficients(ConvCostModel::defaults_for("portable")));
+  const std::string set = ConvCostModel::builtin_set();
+  EXPECT_EQ(m.source, "built-in defaults (" + set + ")");
+  EXPECT_TRUE(m.same_coefficients(ConvCostModel::defaults_for(set)));
+  // The set is the backend's, AVX-512 on AMD aside.
+  if (set == "avx512-amd")
+    EXPECT_EQ(std::string(sparse_conv_backend()), "avx512");
+  else
+    EXPECT_EQ(set, sparse_conv_backend());
+  // The sets differ: an AVX2 machine's oneDNN and sparse kernels are not AVX-512's, nor AMD's Intel's.
+  for (size_t i = 0; i < std::size(kBackends); ++i)
+    for (size_t j = i + 1; j < std::size(kBackends); ++j)
+      EXPECT_FALSE(ConvCostModel::defaults_for(kBackends[i]).same_coefficients(
+          ConvCostModel::defaults_for(kBackends[j])))
+          << kBackends[i] << " and " << kBackends[j];
   try {
     ConvCostModel::defaults_for("neon");
     ADD_FAILURE() << "an unknown backend was accepted";
