@@ -102,7 +102,10 @@ ConvCostModel ConvCostModel::defaults() { return defaults_for(builtin_set()); }
 std::string ConvCostModel::builtin_set() {
   const std::string backend = sparse_conv_backend();
 #if defined(__x86_64__) || defined(__i386__)
-  if (backend == "avx512" && __builtin_cpu_is("amd")) return "avx512-amd";
+  if (backend == "avx512") {
+    __builtin_cpu_init();  // harmless when already done; needed if this runs before the runtime's own
+    if (__builtin_cpu_is("amd")) return "avx512-amd";
+  }
 #endif
   return backend;
 }

@@ -83,8 +83,8 @@ struct ConvCostModel {
   // see docs/sparse-training.md. Its source names the set, e.g. "built-in defaults (avx2)".
   static ConvCostModel defaults();
   // The built-in set this machine uses: the sparse-kernel backend this build runs (sparse_conv_backend()),
-  // except that AVX-512 on an AMD CPU takes "avx512-amd" (its vector units and caches price the two
-  // kinds of kernel differently from Intel's).
+  // except that AVX-512 on an AMD CPU takes "avx512-amd" (fitted on a Zen 4, where oneDNN took 1.4-1.7x
+  // the Intel machine's time per multiply and the sparse kernels about the same).
   static std::string builtin_set();
   // A built-in set by name ("avx512", "avx512-amd", "avx2", "portable"); throws trainer::Error naming
   // the value otherwise.
