@@ -103,7 +103,7 @@ std::string ConvCostModel::builtin_set() {
   const std::string backend = sparse_conv_backend();
 #if defined(__x86_64__) || defined(__i386__)
   if (backend == "avx512") {
-    __builtin_cpu_init();  // a no-op once done; needed should this run before the runtime has probed the CPU
+    __builtin_cpu_init();  // a no-op once done; needed if this runs before the runtime probed the CPU
     if (__builtin_cpu_is("amd")) return "avx512-amd";
   }
 #endif
