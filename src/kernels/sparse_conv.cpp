@@ -1,6 +1,7 @@
 #include "kernels/sparse_conv.hpp"
 
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -655,11 +656,24 @@ int tile_shape_cols(int shape) {
 // 11-15 to 9-10 ms); rows a multiple of 8 wide take 1x8, which covers them exactly where 1x7 leaves a
 // column to one-position tiles (8-wide rows, 256->256 at 8x8, one thread: BP 19.7-20.4 -> 17.1 ms,
 // FF 19.0-19.3 -> 13.3-17.4 ms).
-int auto_tile_shape(int64_t Jmax, int64_t ist, bool narrow) {
+// The 2x8 and 4x4 tiles were chosen on a machine with a 48 KiB L1. Their slab region (16 channels: 41
+// KiB for 2x8, 37 KiB for 4x4 at stride 1, 83 KiB for 4x4 at stride 2) overflows a 32 KiB L1 (AMD Zen
+// 4), where the one-row tile of the same width is faster (ResNet-18 shapes at 90%, 2 threads, fastest
+// of 11-21, two alternating runs each, ms): 1x8 for 64->64 @32x32 FF 4.51-4.55 against 4.65, BP
+// 4.44-4.54 against 4.59-4.62; 128->128 @16x16 FF 4.17 / 4.31, BP 4.13-4.16 / 4.35-4.38; 256->256 @8x8
+// FF 3.99-4.00 / 4.11-4.20, BP 3.99-4.07 / 4.17-4.29; 1x4 for 512->512 @4x4 BP 4.05-4.17 / 4.39-4.51
+// (FF alike), 256->512 @8x8 s2 FF 2.39-2.41 / 2.48-2.75, BP 2.37-2.59 / 2.63-2.77. The 1x7 tiles and
+// the strided 1x8 stay: narrower ones leave columns to slower tiles (1x4 on 32->64 s2 @14x14, 7-wide
+// rows: FF 0.37-0.39 against 0.28-0.30 ms).
+int sparse_conv_default_tile_impl(int64_t Jmax, int64_t ist, int64_t channels, int64_t tap_rows,
+                                  int64_t tap_cols, bool narrow, int64_t l1_bytes) {
   if (narrow) return Jmax % 8 == 0 ? 3 : Jmax >= 7 ? 6 : 3;
   if (Jmax % 7 == 0 && Jmax % 8 != 0) return 6;
-  if (Jmax >= 8) return ist >= 2 ? 3 : 1;
-  if (Jmax >= 4) return 4;
+  auto fits = [&](int64_t tp, int64_t tq) {
+    return channels * ((tp - 1) * ist + tap_rows) * ((tq - 1) * ist + tap_cols) * kLanes * 4 <= l1_bytes;
+  };
+  if (Jmax >= 8) return ist >= 2 || !fits(2, 8) ? 3 : 1;
+  if (Jmax >= 4) return fits(4, 4) ? 4 : 8;
   return 3;
 }
 
@@ -695,10 +709,13 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
   // A single tap read at a stride (a strided 1x1 FF) reads one input position in ist x ist: the slab
   // holds only those (sub = ist), a quarter of the input at stride 2, and the tiles read it at stride 1.
   const int64_t sub = ist > 1 && drmin == drmax && dcmin == dcmax ? ist : 1, kst = ist / sub;
-  const int shape = opt.tile ? opt.tile : auto_tile_shape(Jmax, kst, V::kNarrow);
-  const int64_t TP = tile_shape_rows(shape);
   const int64_t CG = opt.channel_group > 0 ? std::min<int64_t>(pb.Cin, opt.channel_group)
                                            : auto_channel_group(pb.nnz, pb.Cout, nph, pb.Cin);
+  const int shape = opt.tile ? opt.tile
+                             : sparse_conv_default_tile_impl(Jmax, kst, CG, drmax - drmin + 1, dcmax - dcmin + 1,
+                                                             V::kNarrow,
+                                                             opt.l1_bytes > 0 ? opt.l1_bytes : l1_data_cache_bytes());
+  const int64_t TP = tile_shape_rows(shape);
   const int64_t ncg = (pb.Cin + CG - 1) / CG;
   const int nth = omp_get_max_threads();
   const int64_t slab_cols = (Jmax - 1) * kst + dcmax - dcmin + 1;
@@ -1318,6 +1335,23 @@ const char* sparse_conv_backend() {
 #else
   return "portable";
 #endif
+}
+
+int64_t l1_data_cache_bytes() {
+  static const int64_t bytes = [] {
+    const long b = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+    return b > 0 ? static_cast<int64_t>(b) : int64_t{48} << 10;
+  }();
+  return bytes;
+}
+
+int sparse_conv_default_tile(int64_t jmax, int64_t ist, int64_t channels, int64_t tap_rows, int64_t tap_cols,
+                             bool narrow, int64_t l1_bytes) {
+  TRAINER_CHECK(jmax > 0 && ist > 0 && channels > 0 && tap_rows > 0 && tap_cols > 0 && l1_bytes > 0,
+                "sparse conv: tile choice for jmax {} ist {} channels {} taps {}x{} l1 {}: every value must be "
+                "positive",
+                jmax, ist, channels, tap_rows, tap_cols, l1_bytes);
+  return sparse_conv_default_tile_impl(jmax, ist, channels, tap_rows, tap_cols, narrow, l1_bytes);
 }
 
 ConvGeom sparse_conv_geom(const SparseWeights& w, const Shape& x_shape) {

@@ -111,6 +111,9 @@ struct SparseConvOptions {
   // its own (no barriers, the input read once per thread). Measured at 2 threads on ResNet-18 shapes,
   // own copies were 1.3-1.5x faster: the barriers and the cross-core traffic cost more than the reads.
   int shared_slabs = 0;
+  // The L1 data cache (bytes) the default FF/BP tile's slab region must fit (sparse_conv_default_tile);
+  // 0: this machine's (l1_data_cache_bytes).
+  int64_t l1_bytes = 0;
   // FF/BP: 1: threads take whole image blocks; 0: they take output channels (split by kept-tap count);
   // -1: image blocks when the blocks divide evenly and the input is over 16x the taps' bytes (it is
   // then read once instead of once per thread: measured up to 1.12x faster at 2 threads on the 16x16
@@ -183,6 +186,18 @@ SparseCounters sparse_conv_wg_values(const Tensor& x, const Tensor& dy, const Sp
 SparseCounters sparse_conv_wg(const Tensor& x, const Tensor& dy, const SparseWeights& w, Tensor& dw,
                               Tensor* db, SparseConvScratch& scratch, const ConvPrologue& prologue = {},
                               const SparseConvOptions& opt = {});
+
+// The FF/BP tile shape (numbered as SparseConvOptions::tile) the kernels take when opt.tile is 0: output
+// rows jmax positions wide (per phase of a strided BP), the input read at stride ist, slabs of `channels`
+// channels whose taps span tap_rows x tap_cols input positions, narrow: the AVX2 backend (16 registers).
+// Rows a multiple of 7 wide (not of 8) take 1x7; wider rows 2x8 (1x8 at stride 2), 4-7 wide 4x4; where
+// the 2x8 or 4x4 tile's slab region (channels x its input rows x its input columns x 64 bytes) would not
+// fit an L1 data cache of l1_bytes, the one-row tile of the same width (1x8, 1x4).
+int sparse_conv_default_tile(int64_t jmax, int64_t ist, int64_t channels, int64_t tap_rows, int64_t tap_cols,
+                             bool narrow, int64_t l1_bytes);
+
+// This machine's L1 data cache per core in bytes (sysconf), or 48 KiB where the system does not say.
+int64_t l1_data_cache_bytes();
 
 // The vector code SparseImpl::best runs: "avx512", "avx2" (two 256-bit halves per 16-image vector, on
 // machines without AVX-512) or "portable".

@@ -335,7 +335,7 @@ TEST(SparseConv, EveryTileShapeChannelGroupAndBand) {
   int i = 0;
   for (const Case& c : cases) {
     const Prepared pc(c, 300 + i++);
-    for (int tile : {1, 2, 3, 4, 5, 6, 7})
+    for (int tile : {1, 2, 3, 4, 5, 6, 7, 8})
       for (int cgroup : {0, 3})
         for (int band : {0, 1, 3}) {
           SparseConvOptions o;
@@ -346,6 +346,45 @@ TEST(SparseConv, EveryTileShapeChannelGroupAndBand) {
                          "tile" + std::to_string(tile) + " cg" + std::to_string(cgroup) + " band" +
                              std::to_string(band));
         }
+  }
+}
+
+// The default tile is the 2x8 or 4x4 where its slab region fits the L1 data cache, else the one-row tile
+// of that width; 1x7 and the strided 1x8 whatever the cache (their narrower alternatives were slower).
+TEST(SparseConv, DefaultTileFitsTheL1) {
+  const int64_t k32 = 32 << 10, k48 = 48 << 10;
+  // 16 channels, 3x3 taps: 2x8 reads 4 x 10 positions (40 KiB), 1x8 3 x 10 (30 KiB).
+  EXPECT_EQ(sparse_conv_default_tile(32, 1, 16, 3, 3, false, k48), 1);
+  EXPECT_EQ(sparse_conv_default_tile(32, 1, 16, 3, 3, false, k32), 3);
+  EXPECT_EQ(sparse_conv_default_tile(8, 1, 8, 3, 3, false, k32), 1);  // 8 channels: 20 KiB
+  // 4x4 reads 6 x 6 (36 KiB) at stride 1, 9 x 9 (81 KiB) at stride 2.
+  EXPECT_EQ(sparse_conv_default_tile(4, 1, 16, 3, 3, false, k48), 4);
+  EXPECT_EQ(sparse_conv_default_tile(4, 1, 16, 3, 3, false, k32), 8);
+  EXPECT_EQ(sparse_conv_default_tile(4, 2, 16, 3, 3, false, k48), 8);
+  EXPECT_EQ(sparse_conv_default_tile(6, 1, 1, 3, 3, false, k32), 4);
+  // Kept whatever the cache: 1x7 on rows a multiple of 7, 1x8 at stride 2, one-row tiles on AVX2.
+  EXPECT_EQ(sparse_conv_default_tile(28, 1, 64, 3, 3, false, 1024), 6);
+  EXPECT_EQ(sparse_conv_default_tile(16, 2, 64, 3, 3, false, 1024), 3);
+  EXPECT_EQ(sparse_conv_default_tile(32, 1, 16, 3, 3, true, 1 << 20), 3);
+  EXPECT_EQ(sparse_conv_default_tile(3, 1, 16, 3, 3, false, 1 << 20), 3);
+  EXPECT_GT(l1_data_cache_bytes(), 0);
+  EXPECT_THROW(sparse_conv_default_tile(0, 1, 16, 3, 3, false, k32), Error);
+  EXPECT_THROW(sparse_conv_default_tile(8, 1, 16, 3, 3, false, 0), Error);
+}
+
+// The kernels under the default choice with a small and a large L1: the one-row and the two-row or 4x4
+// tiles on the same problems (FF at stride 1 and 2, BP by phases).
+TEST(SparseConv, DefaultTilesForSmallAndLargeL1) {
+  const Case cases[] = {{18, 20, 11, 13, 9, 3, 3, 1, 1, 0.5}, {17, 16, 10, 10, 12, 3, 3, 2, 1, 0.4},
+                        {16, 24, 5, 6, 20, 3, 3, 1, 1, 0.8}, {20, 12, 8, 8, 16, 3, 3, 2, 1, 0.3}};
+  int i = 0;
+  for (const Case& c : cases) {
+    const Prepared pc(c, 500 + i++);
+    for (int64_t l1 : {int64_t{4} << 10, int64_t{1} << 20}) {
+      SparseConvOptions o;
+      o.l1_bytes = l1;
+      check_prepared(pc, o, "l1 " + std::to_string(l1));
+    }
   }
 }
 
