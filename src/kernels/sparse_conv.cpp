@@ -656,8 +656,8 @@ int tile_shape_cols(int shape) {
 // 11-15 to 9-10 ms); rows a multiple of 8 wide take 1x8, which covers them exactly where 1x7 leaves a
 // column to one-position tiles (8-wide rows, 256->256 at 8x8, one thread: BP 19.7-20.4 -> 17.1 ms,
 // FF 19.0-19.3 -> 13.3-17.4 ms).
-// The 2x8 and 4x4 tiles were chosen on a machine with a 48 KiB L1. Their slab region (16 channels: 41
-// KiB for 2x8, 37 KiB for 4x4 at stride 1, 83 KiB for 4x4 at stride 2) overflows a 32 KiB L1 (AMD Zen
+// The 2x8 and 4x4 tiles were chosen on a machine with a 48 KiB L1. Their slab region (16 channels: 40
+// KiB for 2x8, 36 KiB for 4x4 at stride 1, 81 KiB for 4x4 at stride 2) overflows a 32 KiB L1 (AMD Zen
 // 4), where the one-row tile of the same width is faster (ResNet-18 shapes at 90%, 2 threads, fastest
 // of 11-21, two alternating runs each, ms): 1x8 for 64->64 @32x32 FF 4.51-4.55 against 4.65, BP
 // 4.44-4.54 against 4.59-4.62; 128->128 @16x16 FF 4.17 / 4.31, BP 4.13-4.16 / 4.35-4.38; 256->256 @8x8
@@ -712,9 +712,9 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
   const int64_t CG = opt.channel_group > 0 ? std::min<int64_t>(pb.Cin, opt.channel_group)
                                            : auto_channel_group(pb.nnz, pb.Cout, nph, pb.Cin);
   const int shape = opt.tile ? opt.tile
-                             : sparse_conv_default_tile_impl(Jmax, kst, CG, drmax - drmin + 1, dcmax - dcmin + 1,
-                                                             V::kNarrow,
-                                                             opt.l1_bytes > 0 ? opt.l1_bytes : l1_data_cache_bytes());
+                             : sparse_conv_default_tile_impl(
+                                   Jmax, kst, CG, drmax - drmin + 1, dcmax - dcmin + 1, V::kNarrow,
+                                   opt.l1_bytes > 0 ? opt.l1_bytes : l1_data_cache_bytes());
   const int64_t TP = tile_shape_rows(shape);
   const int64_t ncg = (pb.Cin + CG - 1) / CG;
   const int nth = omp_get_max_threads();
@@ -1347,10 +1347,11 @@ int64_t l1_data_cache_bytes() {
 
 int sparse_conv_default_tile(int64_t jmax, int64_t ist, int64_t channels, int64_t tap_rows, int64_t tap_cols,
                              bool narrow, int64_t l1_bytes) {
-  TRAINER_CHECK(jmax > 0 && ist > 0 && channels > 0 && tap_rows > 0 && tap_cols > 0 && l1_bytes > 0,
-                "sparse conv: tile choice for jmax {} ist {} channels {} taps {}x{} l1 {}: every value must be "
-                "positive",
-                jmax, ist, channels, tap_rows, tap_cols, l1_bytes);
+  TRAINER_CHECK(
+      jmax > 0 && ist > 0 && channels > 0 && tap_rows > 0 && tap_cols > 0 && l1_bytes > 0,
+      "sparse conv: tile choice for jmax {} ist {} channels {} taps {}x{} l1 {}: every value must be "
+      "positive",
+      jmax, ist, channels, tap_rows, tap_cols, l1_bytes);
   return sparse_conv_default_tile_impl(jmax, ist, channels, tap_rows, tap_cols, narrow, l1_bytes);
 }
 

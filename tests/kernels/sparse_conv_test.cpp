@@ -375,8 +375,10 @@ TEST(SparseConv, DefaultTileFitsTheL1) {
 // The kernels under the default choice with a small and a large L1: the one-row and the two-row or 4x4
 // tiles on the same problems (FF at stride 1 and 2, BP by phases).
 TEST(SparseConv, DefaultTilesForSmallAndLargeL1) {
-  const Case cases[] = {{18, 20, 11, 13, 9, 3, 3, 1, 1, 0.5}, {17, 16, 10, 10, 12, 3, 3, 2, 1, 0.4},
-                        {16, 24, 5, 6, 20, 3, 3, 1, 1, 0.8}, {20, 12, 8, 8, 16, 3, 3, 2, 1, 0.3}};
+  const Case cases[] = {{18, 20, 11, 13, 9, 3, 3, 1, 1, 0.5},
+                        {17, 16, 10, 10, 12, 3, 3, 2, 1, 0.4},
+                        {16, 24, 5, 6, 20, 3, 3, 1, 1, 0.8},
+                        {20, 12, 8, 8, 16, 3, 3, 2, 1, 0.3}};
   int i = 0;
   for (const Case& c : cases) {
     const Prepared pc(c, 500 + i++);
