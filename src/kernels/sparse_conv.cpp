@@ -661,19 +661,23 @@ int tile_shape_cols(int shape) {
 // 4), where the one-row tile of the same width is faster (ResNet-18 shapes at 90%, 2 threads, fastest
 // of 11-21, two alternating runs each, ms): 1x8 for 64->64 @32x32 FF 4.51-4.55 against 4.65, BP
 // 4.44-4.54 against 4.59-4.62; 128->128 @16x16 FF 4.17 / 4.31, BP 4.13-4.16 / 4.35-4.38; 256->256 @8x8
-// FF 3.99-4.00 / 4.11-4.20, BP 3.99-4.07 / 4.17-4.29; 1x4 for 512->512 @4x4 BP 4.05-4.17 / 4.39-4.51
-// (FF alike), 256->512 @8x8 s2 FF 2.39-2.41 / 2.48-2.75, BP 2.37-2.59 / 2.63-2.77. The 1x7 tiles and
-// the strided 1x8 stay: narrower ones leave columns to slower tiles (1x4 on 32->64 s2 @14x14, 7-wide
-// rows: FF 0.37-0.39 against 0.28-0.30 ms).
+// FF 3.99-4.00 / 4.11-4.20, BP 3.99-4.07 / 4.17-4.29; 1x4 for 256->512 @8x8 s2 (81 KiB in FF, 100 KiB
+// in BP's 64-channel slabs) FF 2.39-2.41 / 2.48-2.75, BP 2.37-2.59 / 2.63-2.77. A 4x4 tile covers a
+// 4-wide image in one pass over the output channels' taps, four 1x4 tiles in four: on 512->512 @4x4
+// (36 KiB, its taps 1.9 MB, past L2) 1x4 was no faster (FF alike, BP better in one set and 3% worse in
+// another), so 4x4 gives way only past twice the L1. The 1x7 tiles and the strided 1x8 stay: narrower
+// ones leave columns to slower tiles (1x4 on 32->64 s2 @14x14, 7-wide rows: FF 0.37-0.39 against
+// 0.28-0.30 ms).
 int sparse_conv_default_tile_impl(int64_t Jmax, int64_t ist, int64_t channels, int64_t tap_rows,
                                   int64_t tap_cols, bool narrow, int64_t l1_bytes) {
   if (narrow) return Jmax % 8 == 0 ? 3 : Jmax >= 7 ? 6 : 3;
   if (Jmax % 7 == 0 && Jmax % 8 != 0) return 6;
-  auto fits = [&](int64_t tp, int64_t tq) {
-    return channels * ((tp - 1) * ist + tap_rows) * ((tq - 1) * ist + tap_cols) * kLanes * 4 <= l1_bytes;
+  auto fits = [&](int64_t tp, int64_t tq, int64_t slack) {
+    return channels * ((tp - 1) * ist + tap_rows) * ((tq - 1) * ist + tap_cols) * kLanes * 4 <=
+           slack * l1_bytes;
   };
-  if (Jmax >= 8) return ist >= 2 || !fits(2, 8) ? 3 : 1;
-  if (Jmax >= 4) return fits(4, 4) ? 4 : 8;
+  if (Jmax >= 8) return ist >= 2 || !fits(2, 8, 1) ? 3 : 1;
+  if (Jmax >= 4) return fits(4, 4, 2) ? 4 : 8;
   return 3;
 }
 

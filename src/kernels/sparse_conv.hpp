@@ -191,9 +191,9 @@ SparseCounters sparse_conv_wg(const Tensor& x, const Tensor& dy, const SparseWei
 // rows jmax positions wide (per phase of a strided BP), the input read at stride ist, slabs of `channels`
 // channels whose taps span tap_rows x tap_cols input positions, narrow: the AVX2 backend (16 registers).
 // Rows a multiple of 7 wide (not of 8) take 1x7; other rows of 8 or more 2x8 (1x8 at stride 2), rows of
-// 4 to 6 4x4, narrower ones 1x8 (cut to the row); where the 2x8 or 4x4 tile's slab region (channels x its
-// input rows x its input columns x 64 bytes) would not fit an L1 data cache of l1_bytes, the one-row
-// tile of the same width (1x8, 1x4).
+// 4 to 6 4x4, narrower ones 1x8 (cut to the row); where the 2x8 tile's slab region (channels x its input
+// rows x its input columns x 64 bytes) would not fit an L1 data cache of l1_bytes, or the 4x4 tile's would
+// not fit twice that, the one-row tile of the same width (1x8, 1x4).
 int sparse_conv_default_tile(int64_t jmax, int64_t ist, int64_t channels, int64_t tap_rows, int64_t tap_cols,
                              bool narrow, int64_t l1_bytes);
 

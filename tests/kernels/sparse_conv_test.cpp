@@ -349,18 +349,20 @@ TEST(SparseConv, EveryTileShapeChannelGroupAndBand) {
   }
 }
 
-// The default tile is the 2x8 or 4x4 where its slab region fits the L1 data cache, else the one-row tile
-// of that width; 1x7 and the strided 1x8 whatever the cache (their narrower alternatives were slower).
+// The default tile is the 2x8 where its slab region fits the L1 data cache (the 4x4 where it fits twice
+// the L1), else the one-row tile of that width; 1x7 and the strided 1x8 whatever the cache (their narrower
+// alternatives were slower).
 TEST(SparseConv, DefaultTileFitsTheL1) {
   const int64_t k32 = 32 << 10, k48 = 48 << 10;
   // 16 channels, 3x3 taps: 2x8 reads 4 x 10 positions (40 KiB), 1x8 3 x 10 (30 KiB).
   EXPECT_EQ(sparse_conv_default_tile(32, 1, 16, 3, 3, false, k48), 1);
   EXPECT_EQ(sparse_conv_default_tile(32, 1, 16, 3, 3, false, k32), 3);
   EXPECT_EQ(sparse_conv_default_tile(8, 1, 8, 3, 3, false, k32), 1);  // 8 channels: 20 KiB
-  // 4x4 reads 6 x 6 (36 KiB) at stride 1, 9 x 9 (81 KiB) at stride 2.
-  EXPECT_EQ(sparse_conv_default_tile(4, 1, 16, 3, 3, false, k48), 4);
-  EXPECT_EQ(sparse_conv_default_tile(4, 1, 16, 3, 3, false, k32), 8);
-  EXPECT_EQ(sparse_conv_default_tile(4, 2, 16, 3, 3, false, k48), 8);
+  // 4x4 reads 6 x 6 (36 KiB) at stride 1, 9 x 9 (81 KiB) at stride 2; it gives way past twice the L1.
+  EXPECT_EQ(sparse_conv_default_tile(4, 1, 16, 3, 3, false, k32), 4);
+  EXPECT_EQ(sparse_conv_default_tile(4, 1, 16, 3, 3, false, 16 << 10), 8);
+  EXPECT_EQ(sparse_conv_default_tile(4, 2, 16, 3, 3, false, k48), 4);
+  EXPECT_EQ(sparse_conv_default_tile(4, 2, 16, 3, 3, false, k32), 8);
   EXPECT_EQ(sparse_conv_default_tile(6, 1, 1, 3, 3, false, k32), 4);
   // Kept whatever the cache: 1x7 on rows a multiple of 7, 1x8 at stride 2, one-row tiles on AVX2.
   EXPECT_EQ(sparse_conv_default_tile(28, 1, 64, 3, 3, false, 1024), 6);
