@@ -664,10 +664,10 @@ int tile_shape_cols(int shape) {
 // FF 3.99-4.00 / 4.11-4.20, BP 3.99-4.07 / 4.17-4.29; 1x4 for 256->512 @8x8 s2 (81 KiB in FF, 100 KiB
 // in BP's 64-channel slabs) FF 2.39-2.41 / 2.48-2.75, BP 2.37-2.59 / 2.63-2.77. A 4x4 tile covers a
 // 4-wide image in one pass over the output channels' taps, four 1x4 tiles in four: on 512->512 @4x4
-// (36 KiB, its taps 1.9 MB, past L2) 1x4 was no faster (FF alike, BP better in one set and 3% worse in
-// another), so 4x4 gives way only past twice the L1. The 1x7 tiles and the strided 1x8 stay: narrower
-// ones leave columns to slower tiles (1x4 on 32->64 s2 @14x14, 7-wide rows: FF 0.37-0.39 against
-// 0.28-0.30 ms).
+// (36 KiB, its taps 1.9 MB, past L2) 1x4 was no faster (FF alike in one set and 5% slower in another,
+// BP faster in one and 3% slower in the other), so 4x4 gives way only past twice the L1. The 1x7 tiles and
+// the strided 1x8 stay: narrower ones leave columns to slower tiles (1x4 on 32->64 s2 @14x14, 7-wide rows: FF
+// 0.37-0.39 against 0.28-0.30 ms).
 int sparse_conv_default_tile_impl(int64_t Jmax, int64_t ist, int64_t channels, int64_t tap_rows,
                                   int64_t tap_cols, bool narrow, int64_t l1_bytes) {
   if (narrow) return Jmax % 8 == 0 ? 3 : Jmax >= 7 ? 6 : 3;
