@@ -645,42 +645,6 @@ int tile_shape_cols(int shape) {
   }
 }
 
-// Measured on ResNet-18 CIFAR shapes: 2x8 for wide outputs, one-row tiles when the input is read at
-// stride 2 (a taller tile's slab region would not fit L1), 4x4 for 4-wide outputs. Widths that are
-// multiples of 7 but not of 8 (28, 14, 7: ResNet-20 on 28x28 images) take 1x7 tiles, which cover a
-// row exactly; 8-wide tiles left a third to a half of each row to narrow, slower tiles (measured on
-// the ResNet-20 shapes: 3-30% faster, most at 7x7).
-// With 16 vector registers of half a 16-image vector each (AVX2), tiles of more than 7 positions spill
-// their accumulators: 1x7 wherever a row is that wide, else one-row tiles of 4, 2, 1 (measured on the
-// ResNet-18 shapes at 90%: 2x8 -> 1x7 took FF at 32x32 from 12.3 to 8.9 ms, 4x4 -> 1x4 at 4x4 from
-// 11-15 to 9-10 ms); rows a multiple of 8 wide take 1x8, which covers them exactly where 1x7 leaves a
-// column to one-position tiles (8-wide rows, 256->256 at 8x8, one thread: BP 19.7-20.4 -> 17.1 ms,
-// FF 19.0-19.3 -> 13.3-17.4 ms).
-// The 2x8 and 4x4 tiles were chosen on a machine with a 48 KiB L1. Their slab region (16 channels: 40
-// KiB for 2x8, 36 KiB for 4x4 at stride 1, 81 KiB for 4x4 at stride 2) overflows a 32 KiB L1 (AMD Zen
-// 4), where the one-row tile of the same width is faster (ResNet-18 shapes at 90%, 2 threads, fastest
-// of 11-21, two alternating runs each, ms): 1x8 for 64->64 @32x32 FF 4.51-4.55 against 4.65, BP
-// 4.44-4.54 against 4.59-4.62; 128->128 @16x16 FF 4.17 / 4.31, BP 4.13-4.16 / 4.35-4.38; 256->256 @8x8
-// FF 3.99-4.00 / 4.11-4.20, BP 3.99-4.07 / 4.17-4.29; 1x4 for 256->512 @8x8 s2 (81 KiB in FF, 100 KiB
-// in BP's 64-channel slabs) FF 2.39-2.41 / 2.48-2.75, BP 2.37-2.59 / 2.63-2.77. A 4x4 tile covers a
-// 4-wide image in one pass over the output channels' taps, four 1x4 tiles in four: on 512->512 @4x4
-// (36 KiB, its taps 1.9 MB, past L2) 1x4 was no faster (FF alike in one set and 5% slower in another,
-// BP faster in one and 3% slower in the other), so 4x4 gives way only past twice the L1. The 1x7 tiles and
-// the strided 1x8 stay: narrower ones leave columns to slower tiles (1x4 on 32->64 s2 @14x14, 7-wide rows: FF
-// 0.37-0.39 against 0.28-0.30 ms).
-int sparse_conv_default_tile_impl(int64_t Jmax, int64_t ist, int64_t channels, int64_t tap_rows,
-                                  int64_t tap_cols, bool narrow, int64_t l1_bytes) {
-  if (narrow) return Jmax % 8 == 0 ? 3 : Jmax >= 7 ? 6 : 3;
-  if (Jmax % 7 == 0 && Jmax % 8 != 0) return 6;
-  auto fits = [&](int64_t tp, int64_t tq, int64_t slack) {
-    return channels * ((tp - 1) * ist + tap_rows) * ((tq - 1) * ist + tap_cols) * kLanes * 4 <=
-           slack * l1_bytes;
-  };
-  if (Jmax >= 8) return ist >= 2 || !fits(2, 8, 1) ? 3 : 1;
-  if (Jmax >= 4) return fits(4, 4, 2) ? 4 : 8;
-  return 3;
-}
-
 // Input channels per slab: 16 (the tile's slab region stays in L1) unless the output channels then
 // have so few taps per group (high sparsity, or a BP phase holding a quarter of the taps) that loading
 // and storing the partial sums between groups would cost more than the taps: then 32 or 64.
@@ -715,10 +679,10 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
   const int64_t sub = ist > 1 && drmin == drmax && dcmin == dcmax ? ist : 1, kst = ist / sub;
   const int64_t CG = opt.channel_group > 0 ? std::min<int64_t>(pb.Cin, opt.channel_group)
                                            : auto_channel_group(pb.nnz, pb.Cout, nph, pb.Cin);
-  const int shape = opt.tile ? opt.tile
-                             : sparse_conv_default_tile_impl(
-                                   Jmax, kst, CG, drmax - drmin + 1, dcmax - dcmin + 1, V::kNarrow,
-                                   opt.l1_bytes > 0 ? opt.l1_bytes : l1_data_cache_bytes());
+  const int shape =
+      opt.tile ? opt.tile
+               : sparse_conv_default_tile(Jmax, kst, CG, drmax - drmin + 1, dcmax - dcmin + 1, V::kNarrow,
+                                          opt.l1_bytes > 0 ? opt.l1_bytes : l1_data_cache_bytes());
   const int64_t TP = tile_shape_rows(shape);
   const int64_t ncg = (pb.Cin + CG - 1) / CG;
   const int nth = omp_get_max_threads();
@@ -1349,14 +1313,45 @@ int64_t l1_data_cache_bytes() {
   return bytes;
 }
 
-int sparse_conv_default_tile(int64_t jmax, int64_t ist, int64_t channels, int64_t tap_rows, int64_t tap_cols,
+// Measured on ResNet-18 CIFAR shapes: 2x8 for wide outputs, one-row tiles when the input is read at
+// stride 2 (a taller tile's slab region would not fit L1), 4x4 for 4-wide outputs. Widths that are
+// multiples of 7 but not of 8 (28, 14, 7: ResNet-20 on 28x28 images) take 1x7 tiles, which cover a
+// row exactly; 8-wide tiles left a third to a half of each row to narrow, slower tiles (measured on
+// the ResNet-20 shapes: 3-30% faster, most at 7x7).
+// With 16 vector registers of half a 16-image vector each (AVX2), tiles of more than 7 positions spill
+// their accumulators: 1x7 wherever a row is that wide, else one-row tiles of 4, 2, 1 (measured on the
+// ResNet-18 shapes at 90%: 2x8 -> 1x7 took FF at 32x32 from 12.3 to 8.9 ms, 4x4 -> 1x4 at 4x4 from
+// 11-15 to 9-10 ms); rows a multiple of 8 wide take 1x8, which covers them exactly where 1x7 leaves a
+// column to one-position tiles (8-wide rows, 256->256 at 8x8, one thread: BP 19.7-20.4 -> 17.1 ms,
+// FF 19.0-19.3 -> 13.3-17.4 ms).
+// The 2x8 and 4x4 tiles were chosen on a machine with a 48 KiB L1. Their slab region (16 channels: 40
+// KiB for 2x8, 36 KiB for 4x4 at stride 1, 81 KiB for 4x4 at stride 2) overflows a 32 KiB L1 (AMD Zen
+// 4), where the one-row tile of the same width is faster (ResNet-18 shapes at 90%, 2 threads, fastest
+// of 11-21, two alternating runs each, ms): 1x8 for 64->64 @32x32 FF 4.51-4.55 against 4.65, BP
+// 4.44-4.54 against 4.59-4.62; 128->128 @16x16 FF 4.17 / 4.31, BP 4.13-4.16 / 4.35-4.38; 256->256 @8x8
+// FF 3.99-4.00 / 4.11-4.20, BP 3.99-4.07 / 4.17-4.29; 1x4 for 256->512 @8x8 s2 (81 KiB in FF, 100 KiB
+// in BP's 64-channel slabs) FF 2.39-2.41 / 2.48-2.75, BP 2.37-2.59 / 2.63-2.77. A 4x4 tile covers a
+// 4-wide image in one pass over the output channels' taps, four 1x4 tiles in four: on 512->512 @4x4
+// (36 KiB, its taps 1.9 MB, past L2) 1x4 was no faster (FF alike in one set and 5% slower in another,
+// BP faster in one and 3% slower in the other), so 4x4 gives way only past twice the L1. The 1x7 tiles and
+// the strided 1x8 stay: narrower ones leave columns to slower tiles (1x4 on 32->64 s2 @14x14, 7-wide rows: FF
+// 0.37-0.39 against 0.28-0.30 ms).
+int sparse_conv_default_tile(int64_t Jmax, int64_t ist, int64_t channels, int64_t tap_rows, int64_t tap_cols,
                              bool narrow, int64_t l1_bytes) {
   TRAINER_CHECK(
-      jmax > 0 && ist > 0 && channels > 0 && tap_rows > 0 && tap_cols > 0 && l1_bytes > 0,
+      Jmax > 0 && ist > 0 && channels > 0 && tap_rows > 0 && tap_cols > 0 && l1_bytes > 0,
       "sparse conv: tile choice for jmax {} ist {} channels {} taps {}x{} l1 {}: every value must be "
       "positive",
-      jmax, ist, channels, tap_rows, tap_cols, l1_bytes);
-  return sparse_conv_default_tile_impl(jmax, ist, channels, tap_rows, tap_cols, narrow, l1_bytes);
+      Jmax, ist, channels, tap_rows, tap_cols, l1_bytes);
+  if (narrow) return Jmax % 8 == 0 ? 3 : Jmax >= 7 ? 6 : 3;
+  if (Jmax % 7 == 0 && Jmax % 8 != 0) return 6;
+  auto fits = [&](int64_t tp, int64_t tq, int64_t slack) {
+    return channels * ((tp - 1) * ist + tap_rows) * ((tq - 1) * ist + tap_cols) * kLanes * 4 <=
+           slack * l1_bytes;
+  };
+  if (Jmax >= 8) return ist >= 2 || !fits(2, 8, 1) ? 3 : 1;
+  if (Jmax >= 4) return fits(4, 4, 2) ? 4 : 8;
+  return 3;
 }
 
 ConvGeom sparse_conv_geom(const SparseWeights& w, const Shape& x_shape) {
