@@ -208,8 +208,9 @@ namespace {
 // is larger than min_bytes, so that its lines are not first read for ownership; every pointer 64-byte
 // aligned and every run whole vectors. The price: its readers then find it in memory, not in the shared
 // cache. Measured in 90% sparse training of ResNet-20 (6.4 MB first-stage tensors):
-//  - the input-gradient passes, above a core's L2 (2 MiB): 4.1-4.3 -> 2.8-3.0 ms per step for the
-//    first stage's six, and +3-8% images/s;
+//  - the input-gradient passes, above a core's L2 (2 MiB), on the Intel machine: 4.1-4.3 -> 2.8-3.0 ms
+//    per step for the first stage's six, and +3-8% images/s; on an AMD Zen 4 the same cost 2-19%
+//    images/s (batchnorm_gradient_stream_bytes);
 //  - the forward apply (+ residual), read by three kernels (the next convolution's FF and WG and the
 //    next residual add): streaming its 6.4 MB outputs cost 1-3% images/s, so it streams only above
 //    8 MiB, as the convolutions' outputs do.
@@ -429,14 +430,14 @@ void grad_sums_impl(const Tensor& x, const Tensor& dy, const float* mean, double
 
 template <bool kMask>
 void bp_apply_impl(const Tensor& x, const Tensor& dy, const float* a, const float* b, const float* d,
-                   Tensor& dx, const FusedRelu& fr) {
+                   Tensor& dx, const FusedRelu& fr, int64_t stream_min_bytes) {
   const Geometry g = geometry(x, "batchnorm bp");
   check_same(x, dy, "batchnorm bp");
   dx.resize(x.shape(), x.layout());
   const float* px = x.data();
   const float* pd = dy.data();
   float* po = dx.data();
-  [[maybe_unused]] const bool stream = stream_output(g, {px, pd, po}, 2 << 20);
+  [[maybe_unused]] const bool stream = stream_output(g, {px, pd, po}, stream_min_bytes);
   if (!g.lane_channels()) {
 #pragma omp parallel for schedule(static)
     for (int64_t grp = 0; grp < g.groups; ++grp) {
@@ -500,13 +501,26 @@ void batchnorm_grad_sums(const Tensor& x, const Tensor& dy, const float* mean, d
   }
 }
 
+int64_t batchnorm_gradient_stream_bytes() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool amd = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd") != 0;
+  }();
+  return amd ? int64_t{8} << 20 : int64_t{2} << 20;
+#else
+  return int64_t{2} << 20;
+#endif
+}
+
 void batchnorm_bp_apply(const Tensor& x, const Tensor& dy, const float* a, const float* b, const float* d,
-                        Tensor& dx, const FusedRelu* relu) {
+                        Tensor& dx, const FusedRelu* relu, int64_t stream_min_bytes) {
+  const int64_t min_bytes = stream_min_bytes < 0 ? batchnorm_gradient_stream_bytes() : stream_min_bytes;
   if (relu) {
     TRAINER_CHECK(relu->scale && relu->shift, "batchnorm bp: fused relu without scale and shift");
-    bp_apply_impl<true>(x, dy, a, b, d, dx, *relu);
+    bp_apply_impl<true>(x, dy, a, b, d, dx, *relu, min_bytes);
   } else {
-    bp_apply_impl<false>(x, dy, a, b, d, dx, FusedRelu{});
+    bp_apply_impl<false>(x, dy, a, b, d, dx, FusedRelu{}, min_bytes);
   }
 }
 

@@ -46,7 +46,15 @@ void batchnorm_grad_sums(const Tensor& x, const Tensor& dy, const float* mean, d
 
 // x, dy, dx: [N, C, H, W] (dx takes x's layout); a, b, d: [C].  dx = a[c]*dy + b[c]*x + d[c], the form
 // the batch-norm input gradient takes once its per-channel sums are known. relu: see FusedRelu.
+// dx is written with non-temporal stores when it is larger than stream_min_bytes (negative: this
+// machine's batchnorm_gradient_stream_bytes()); the values do not depend on it.
 void batchnorm_bp_apply(const Tensor& x, const Tensor& dy, const float* a, const float* b, const float* d,
-                        Tensor& dx, const FusedRelu* relu = nullptr);
+                        Tensor& dx, const FusedRelu* relu = nullptr, int64_t stream_min_bytes = -1);
+
+// Above how many bytes the input gradient is streamed by default, by CPU vendor, as measured in 90%
+// sparse ResNet-20 training (6.4 MB first-stage gradients, read next by a convolution's BP and WG):
+// Intel (AVX-512, 2 MiB L2 per core): streaming above 2 MiB, +3-8% images/s; AMD Zen 4: streaming
+// them cost 2-19% images/s (the readers wait on memory), so 8 MiB there, the forward passes' threshold.
+int64_t batchnorm_gradient_stream_bytes();
 
 }  // namespace trainer
