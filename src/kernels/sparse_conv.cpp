@@ -432,10 +432,14 @@ struct TileCtx {
   int64_t part_plane = 0, part_row = 0;
   bool stream = false;      // write the output with non-temporal stores
   bool accumulate = false;  // add to the output instead of writing it
-  // Ask for the next tile's output lines ahead (accumulating always does): a strided BP phase's writes
-  // skip lines, which the hardware's prefetchers do not follow, and a phase a first writer left
-  // (write_phases) was not touched this step. Measured at 90% (ResNet-20's stride-2 blocks, per call):
-  // the shortcut's BP 0.41 -> 0.31 ms, the second writer's 1.03-1.12 -> 0.80-0.85 ms.
+  // Ask for the next tile's output lines ahead (accumulating always does). A tile writes a short run in
+  // each of its output channels' planes, too many streams for the hardware's prefetchers, so each
+  // line's read for ownership was waited for; a strided BP phase's writes also skip lines, and a phase
+  // a first writer left (write_phases) was not touched this step. Measured at 90%: ResNet-20's stride-2
+  // blocks (per call) the shortcut's BP 0.41 -> 0.31 ms, the second writer's 1.03-1.12 -> 0.80-0.85 ms
+  // (Intel); in training on the AMD Zen 4 (150 steps, uniform) stage 0's six FF 826-906 -> 690-705 ms,
+  // stage 1's 715-793 -> 671-686 ms. With the output already in cache it costs (16->16 @28x28 FF, warm
+  // 0.45 -> 0.50 ms), but a training step's outputs never are: cold 0.84-0.89 -> 0.68-0.69 ms.
   bool prefetch_out = false;
   // Keep the result (the sum, when accumulating) only where this (out's layout) is > 0.
   const float* relu_nb = nullptr;
@@ -846,7 +850,7 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
               c.part_row = Jmax * kLanes;
               c.stream = stream;
               c.accumulate = opt.accumulate_output && !write;
-              c.prefetch_out = ost > 1;
+              c.prefetch_out = ost > 1 || !stream;
               if (opt.accumulate_relu) c.relu_nb = opt.accumulate_relu->data() + nb * pb.Cout * out_plane;
               c.Hout = pb.Hout;
               c.Wout = pb.Wout;
