@@ -915,7 +915,30 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
 // across lanes once per band. Output channels are innermost so that the tile's slab region (group
 // channels x tile rows x tile columns) stays in L1 across them.
 
+// The input rows of the next slab, asked for into L2 a few lines at a time while the current one
+// computes. WG's input was written in the forward pass, a whole step's activations ago: it comes from
+// memory, and the slab copy otherwise waits for every line of it. Measured on the Zen 4 at 90%
+// (16->16 @28x28): cold 0.89-0.91 -> 0.69-0.70 ms, warm 0.50 -> 0.53 ms; in training stage 0's six WG
+// 738-746 -> 591-611 ms over 150 steps. FF and BP read inputs written just before them, from L3,
+// where the same prefetch measured slower (docs/benchmarks.md), so only WG does it.
+struct SlabPrefetch {
+  static constexpr int kMaxRuns = 64;
+  const float* run[kMaxRuns] = {};  // contiguous runs of input rows, one per channel of the next group
+  int64_t lines[kMaxRuns] = {};     // 64-byte lines in each
+  int nruns = 0, cur = 0;
+  int64_t line = 0;
+  int64_t per_step = 0;  // lines asked for at each step()
+  template <class V>
+  void step() {
+    for (int64_t n = 0; n < per_step && cur < nruns; ++n) {
+      V::prefetch_l2(run[cur], line * kLanes);
+      if (++line == lines[cur]) line = 0, ++cur;
+    }
+  }
+};
+
 struct WgTileCtx {
+  SlabPrefetch* pf = nullptr;  // may be null
   const float* slab = nullptr;
   int64_t i0 = 0, slab_cols = 0, ist = 1;
   const float* dy_nb = nullptr;  // dy of this image block
@@ -983,6 +1006,7 @@ void wg_rect(const WgTileCtx& c, int64_t ra, int64_t rb, int64_t ja, int64_t jb)
           // hardware prefetchers. Ask for the next tile's while this one computes.
 #pragma GCC unroll 16
         for (int t = 0; t < T; ++t) V::prefetch_l2(dyk, next + ((t / TQ) * c.Q + t % TQ) * kLanes);
+        if (c.pf) c.pf->step<V>();
         constexpr int J = V::kWgTaps;
         for (; end - e >= J; e += J) wg_taps<V, T, J>(c, e, xb, t_off, d);
         if constexpr (J > 4)
@@ -1145,6 +1169,9 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
         for (int32_t e = fptr[k0 * C]; e < fptr[k1 * C]; ++e) part[e] = 0.0f;
 
       std::vector<uint8_t> dead(static_cast<size_t>(nk));
+      // A slab this thread copies alone, of whole input rows: ask for the next one's rows ahead.
+      const bool prefetch_next = !shared && sub == 1;
+      SlabPrefetch pf;
       // Split: contiguous runs of blocks, as in corr_run.
       const int64_t nb_lo = split_nb ? NB * tid / nth : 0, nb_hi = split_nb ? NB * (tid + 1) / nth : NB;
       for (int64_t nb = nb_lo; nb < nb_hi; ++nb) {
@@ -1168,6 +1195,34 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
             build_slab<V>(x, C, g.H, g.W, g.N, nb, c0, cga, row_org, slab_rows, -g.pad, slab_cols,
                           chan_stride, pro, slab, shared, sub);
             WgTileCtx c;
+            if (prefetch_next) {
+              // The next slab in this thread's order: the next group, else the next band, else the next
+              // block; its rows inside the input, one contiguous run per channel.
+              int64_t nnb = nb, ni0 = i0, ncgi = cg + 1;
+              if (ncgi == ncg) {
+                ncgi = 0;
+                ni0 += BR;
+                if (ni0 >= P) ni0 = 0, ++nnb;
+              }
+              pf = SlabPrefetch{};
+              if (nnb < nb_hi) {
+                const int64_t org = ni0 * st - g.pad, nrows = std::min(BR, P - ni0);
+                const int64_t r0 = std::max<int64_t>(0, org),
+                              r1 = std::min<int64_t>(g.H, org + (nrows - 1) * kst + R);
+                const int64_t nc0 = ncgi * CG, ncga = std::min(CG, C - nc0);
+                int64_t total = 0;
+                for (int64_t ci = 0; r1 > r0 && ci < ncga && pf.nruns < SlabPrefetch::kMaxRuns; ++ci) {
+                  pf.run[pf.nruns] = x + ((nnb * C + nc0 + ci) * g.H + r0) * g.W * kLanes;
+                  pf.lines[pf.nruns] = (r1 - r0) * g.W;  // a position is one 64-byte line
+                  total += pf.lines[pf.nruns++];
+                }
+                // Spread over this slab's (tile, output channel) steps.
+                const int64_t steps =
+                    std::max<int64_t>(1, (rows / TP) * std::max<int64_t>(1, Q / tile_shape_cols(shape)) * nk);
+                pf.per_step = (total + steps - 1) / steps;
+              }
+              c.pf = &pf;
+            }
             c.slab = slab;
             c.i0 = i0;
             c.slab_cols = slab_cols;
