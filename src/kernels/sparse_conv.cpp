@@ -683,11 +683,12 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
   // A single tap read at a stride (a strided 1x1 FF) reads one input position in ist x ist: the slab
   // holds only those (sub = ist), a quarter of the input at stride 2, and the tiles read it at stride 1.
   const int64_t sub = ist > 1 && drmin == drmax && dcmin == dcmax ? ist : 1, kst = ist / sub;
-  // Small output planes (at most 64 positions) take groups of twice the taps with AVX-512. Measured at
-  // 90% on the Zen 4, groups of 32 against 16, ms: 512->512 @4x4 FF 3.58-3.61 -> 3.37-3.41 (on the 1x4
-  // tile the L1 rule then picks), BP 3.56 -> 3.36; 256->512 @8x8 s2 FF 1.96 -> 1.82; ResNet-20's
-  // 64->64 @7x7 FF 0.36-0.37 -> 0.34, BP 0.36 -> 0.33-0.34; 256->256 @8x8 FF 3.46 either way; but on
-  // 14x14 they cost 3-5% (32->32 FF 0.43 -> 0.44), so larger planes keep 12.
+  // Small output planes (at most 64 positions) take groups of twice the taps, except on AVX2 (not
+  // measured). Measured at 90% on the Zen 4, groups of 32 against 16, ms: 512->512 @4x4 FF 3.58-3.61 ->
+  // 3.37-3.41 (on the 1x4 tile the L1 rule then picks), BP 3.56 -> 3.36; 256->512 @8x8 s2 FF 1.96 ->
+  // 1.82; ResNet-20's 64->64 @7x7 FF 0.36-0.37 -> 0.34, BP 0.36 -> 0.33-0.34; 256->256 @8x8 FF 3.46
+  // either way alone, 3.87 -> 4.09x oneDNN in the full bench; but on 14x14 they cost 3-5% (32->32 FF
+  // 0.43 -> 0.44), so larger planes keep 12.
   const double min_taps = !V::kNarrow && pb.Hout * pb.Wout <= 64 ? 24.0 : 12.0;
   const int64_t CG = opt.channel_group > 0 ? std::min<int64_t>(pb.Cin, opt.channel_group)
                                            : auto_channel_group(pb.nnz, pb.Cout, nph, pb.Cin, min_taps);
