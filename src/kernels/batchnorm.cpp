@@ -7,6 +7,7 @@
 #endif
 
 #include "core/error.hpp"
+#include "kernels/sparse_conv.hpp"
 
 namespace trainer {
 
@@ -501,17 +502,7 @@ void batchnorm_grad_sums(const Tensor& x, const Tensor& dy, const float* mean, d
   }
 }
 
-int64_t batchnorm_gradient_stream_bytes() {
-#if defined(__x86_64__) || defined(__i386__)
-  static const bool amd = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_is("amd") != 0;
-  }();
-  return amd ? int64_t{8} << 20 : int64_t{2} << 20;
-#else
-  return int64_t{2} << 20;
-#endif
-}
+int64_t batchnorm_gradient_stream_bytes() { return cpu_is_amd() ? int64_t{8} << 20 : int64_t{2} << 20; }
 
 void batchnorm_bp_apply(const Tensor& x, const Tensor& dy, const float* a, const float* b, const float* d,
                         Tensor& dx, const FusedRelu* relu, int64_t stream_min_bytes) {

@@ -101,12 +101,7 @@ ConvCostModel ConvCostModel::defaults() { return defaults_for(builtin_set()); }
 
 std::string ConvCostModel::builtin_set() {
   const std::string backend = sparse_conv_backend();
-#if defined(__x86_64__) || defined(__i386__)
-  if (backend == "avx512") {
-    __builtin_cpu_init();  // a no-op once done; needed if this runs before the runtime probed the CPU
-    if (__builtin_cpu_is("amd")) return "avx512-amd";
-  }
-#endif
+  if (backend == "avx512" && cpu_is_amd()) return "avx512-amd";
   return backend;
 }
 

@@ -1373,6 +1373,18 @@ const char* sparse_conv_backend() {
 #endif
 }
 
+bool cpu_is_amd() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool amd = [] {
+    __builtin_cpu_init();  // a no-op once done; needed if this runs before the runtime probed the CPU
+    return __builtin_cpu_is("amd") != 0;
+  }();
+  return amd;
+#else
+  return false;
+#endif
+}
+
 int64_t l1_data_cache_bytes() {
   static const int64_t bytes = [] {
     const long b = sysconf(_SC_LEVEL1_DCACHE_SIZE);

@@ -101,8 +101,8 @@ struct SparseConvOptions {
   bool skip_zero_planes = true;  // detect and skip all-zero input / error planes
   // Tuning knobs (0 = chosen from the shapes): input channels per slab (FF, WG) or error channels per
   // slab (BP); output rows per band; tile shape (1 = 2x8, 2 = 1x16, 3 = 1x8, 4 = 4x4,
-  // 5 = 2x7, 6 = 1x7, 7 = 1x14, 8 = 1x4 positions, in every phase); non-temporal output stores (FF/BP: 1 = always, 0 =
-  // never, -1 = for outputs larger than the caches).
+  // 5 = 2x7, 6 = 1x7, 7 = 1x14, 8 = 1x4 positions, in every phase); non-temporal output stores (FF/BP: 1 =
+  // always, 0 = never, -1 = for outputs larger than the caches).
   int channel_group = 0;
   int band_rows = 0;
   int tile = 0;
@@ -199,6 +199,10 @@ int sparse_conv_default_tile(int64_t jmax, int64_t ist, int64_t channels, int64_
 
 // This machine's L1 data cache per core in bytes (sysconf), or 48 KiB where the system does not say.
 int64_t l1_data_cache_bytes();
+
+// Whether this is an AMD CPU (x86 only; false elsewhere): the cost model's built-in set and the batch
+// norm's streaming threshold were measured to differ between AMD and Intel.
+bool cpu_is_amd();
 
 // The vector code SparseImpl::best runs: "avx512", "avx2" (two 256-bit halves per 16-image vector, on
 // machines without AVX-512) or "portable".
