@@ -327,6 +327,8 @@ TEST(SparseConv, ResNetLikeShapesBothBackends) {
       {33, 8, 9, 7, 12, 3, 3, 2, 1, 1.0},
       // WG in groups of 8 channels (30% kept, many tiles per band), with a last group of 4.
       {16, 20, 14, 14, 16, 3, 3, 1, 1, 0.3},
+      // A strided WG on an output 17 wide: 1x8 tiles and a column left over.
+      {18, 16, 34, 34, 16, 3, 3, 2, 1, 0.3},
   };
   int i = 0;
   for (const Case& c : cases) check_case(c, 200 + i++);
