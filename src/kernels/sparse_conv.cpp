@@ -1107,9 +1107,9 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
   const int64_t TP = tile_shape_rows(shape);
   int64_t CG =
       opt.channel_group > 0 ? std::min<int64_t>(C, opt.channel_group) : auto_channel_group(w.nnz(), K, 1, C);
-  // Groups of 8 channels (3x3 and larger, except on AVX2: not measured) where each output channel still
-  // has 8 taps or more in one (a 3x3 keeping more than 11% of its weights) and the band has several
-  // tiles at stride 1: the tiles' slab region, half as large, is then read from L1 instead of L2.
+  // Groups of 8 channels (kernels larger than 1x1; not on AVX2, not measured there) where each output
+  // channel still has 8 taps or more in one (a 3x3 keeping at least 1/9 of its weights) and the band has
+  // several tiles at stride 1: the tiles' slab region, half as large, is then read from L1 instead of L2.
   // Measured on the Zen 4, ms, groups of 16 -> 8: ResNet-20's 16->16 @28x28 at 50% 1.91 -> 1.74, at 71%
   // 1.17 -> 1.11; 32->32 @14x14 at 71% 1.11 -> 1.04, at 87% 0.58 -> 0.56; ResNet-18's 64->64 @32x32 at
   // 50% 20.1 -> 18.2, 128->128 @16x16 19.4 -> 17.5, 256->256 @8x8 19.7 -> 18.7. A single tile per band
