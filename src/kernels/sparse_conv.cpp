@@ -1097,14 +1097,16 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
   // A strided 3x3 reads a wide output's rows from a slab twice as wide: 1x8 there, measured on the Zen 4
   // (64->128 @32x32 s2, ms, 1x16 -> 1x8) at 50% 10.7 -> 9.6, 70% 6.8 -> 5.8, 90% 2.55 -> 2.49, 95% 1.65
   // -> 1.56 (at stride 1, 1x8 measured 9-20% slower; ResNet-20's strided 1x14 and 2x7 beat 1x7 and 1x8).
-  const bool strided = st > 1 && R * S > 1;
+  // A strided 1x1 reads one x position in st x st: the slab holds only those, read at stride 1.
+  const int64_t sub = st > 1 && R == 1 && S == 1 ? st : 1, kst = st / sub;
   const int shape = opt.tile                    ? opt.tile
                     : Q % 14 == 0 && Q % 8 != 0 ? 7
                     : Q % 7 == 0 && Q % 8 != 0  ? 5
-                    : Q >= 16                   ? (strided ? 3 : 2)
+                    : Q >= 16                   ? (kst > 1 ? 3 : 2)
                     : Q >= 8                    ? 1
                                                 : 4;
   const int64_t TP = tile_shape_rows(shape);
+  const int64_t row_tiles = Q / tile_shape_cols(shape);  // full tiles across an output row
   int64_t CG =
       opt.channel_group > 0 ? std::min<int64_t>(C, opt.channel_group) : auto_channel_group(w.nnz(), K, 1, C);
   // Groups of 8 channels (kernels larger than 1x1; not on AVX2, not measured there) where each output
@@ -1116,11 +1118,9 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
   // (512->512 @4x4: 15.2 -> 16.6) and stride 2 (64->128 @32x32: 10.7 -> 11.3) measured slower, 64->64
   // @7x7 the same, and so did 16->16 @28x28 at 90%, where the rule keeps 16 (0.53 ms either way).
   if (!V::kNarrow && opt.channel_group <= 0 && CG == 16 && C > 8 && st == 1 && R * S > 1 &&
-      (P / TP) * (Q / tile_shape_cols(shape)) > 2 && w.nnz() >= K * C)
+      (P / TP) * row_tiles > 2 && w.nnz() >= K * C)
     CG = 8;
   const int64_t ncg = (C + CG - 1) / CG;
-  // A strided 1x1 reads one x position in st x st: the slab holds only those, read at stride 1.
-  const int64_t sub = st > 1 && R == 1 && S == 1 ? st : 1, kst = st / sub;
   const int64_t slab_cols = (Q - 1) * kst + S;
   // When the activations outweigh the taps (large images, few channels), each block's gradient is summed
   // on its own, and the blocks' sums are added in block order at the end: then the threads can split
@@ -1210,7 +1210,7 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
           const int64_t positions = n_real * rows * Q;
           // Few tiles per band: reducing each tile's sums at once costs less than zeroing, updating and
           // folding the per-tap vectors.
-          const bool direct = (rows / TP) * (Q / tile_shape_cols(shape)) <= 2;
+          const bool direct = (rows / TP) * row_tiles <= 2;
           for (int64_t cg = 0; cg < ncg; ++cg) {
             const int64_t c0 = cg * CG, cga = std::min(CG, C - c0);
             const int64_t nslots = cache.slots[ks * ncg + cg];
@@ -1242,7 +1242,7 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
                 }
                 // Spread over this slab's (tile, output channel) steps.
                 const int64_t steps =
-                    std::max<int64_t>(1, (rows / TP) * std::max<int64_t>(1, Q / tile_shape_cols(shape)) * nk);
+                    std::max<int64_t>(1, (rows / TP) * std::max<int64_t>(1, row_tiles) * nk);
                 pf.per_step = (total + steps - 1) / steps;
               }
               c.pf = &pf;
