@@ -354,20 +354,18 @@ struct FilteredTaps {
   std::vector<float> val;
 };
 
-}  // namespace
-
-struct SparseConvScratch::Impl {
+// What a call needs only while it runs: slabs, partial sums, statistics, per-block gradients. One set
+// per calling thread, shared by every scratch (every layer), so that a call finds them in the caches
+// where the previous layer's call left them; with a set per layer, each was cold (and its pages out of
+// the TLB) at its first call of a training step. Taken before a parallel region, by the calling thread:
+// the team works in the caller's set.
+struct Transient {
   std::vector<Tensor> slab;  // one per thread, or two shared by the team (double buffered)
   std::vector<Tensor> part;  // one per thread: partial sums of a band (FF, BP) or of tap sums (WG)
-  std::vector<uint8_t> zero_in, zero_err;
-  std::vector<FilteredTaps> filtered;
-  TapCache ff_cache, bp_cache, wg_cache;
-  Tensor stats;  // 64-byte aligned: the epilogue loads and stores it as vectors
+  Tensor stats;              // 64-byte aligned: the epilogue loads and stores it as vectors
   std::vector<double> stats_d;
   std::vector<float> wg_part;
   std::vector<float> wg_blocks;  // WG by image block: per block, the gradients of the kept taps
-  std::vector<SparseCounters> counters;
-  std::vector<int64_t> bounds;
 
   // By default each thread copies its own slabs: no barrier between slabs (a barrier costs a whole time
   // slice when the machine is oversubscribed), and each core reads lines it wrote itself.
@@ -381,6 +379,22 @@ struct SparseConvScratch::Impl {
     for (Tensor& t : part)
       if (t.storage_size() < floats) t.resize({floats});
   }
+};
+
+Transient& transient() {
+  thread_local Transient t;
+  return t;
+}
+
+}  // namespace
+
+struct SparseConvScratch::Impl {
+  std::vector<uint8_t> zero_in, zero_err;
+  std::vector<FilteredTaps> filtered;
+  TapCache ff_cache, bp_cache, wg_cache;
+  std::vector<SparseCounters> counters;
+  std::vector<int64_t> bounds;
+
   void per_thread(int nth) {
     filtered.resize(static_cast<size_t>(nth));
     counters.assign(static_cast<size_t>(nth), SparseCounters{});
@@ -719,12 +733,13 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
   BR = std::min(BR, Imax);
   const int64_t slab_rows_max = (BR - 1) * kst + drmax - drmin + 1;
   const int64_t chan_stride = slab_rows_max * slab_cols * kLanes;
-  ws.slab_buffers(std::max(nth, 2), CG * chan_stride);
+  Transient& tr = transient();
+  tr.slab_buffers(std::max(nth, 2), CG * chan_stride);
   split_by_cost(*pb.nnz_out, nth, ws.bounds);
   int64_t max_no = split_blocks ? pb.Cout : 0;
   for (int t = 0; t < nth; ++t) max_no = std::max(max_no, ws.bounds[t + 1] - ws.bounds[t]);
   const int64_t part_plane = BR * Jmax * kLanes;
-  ws.part_buffers(nth, std::max<int64_t>(1, nph * max_no * part_plane));
+  tr.part_buffers(nth, std::max<int64_t>(1, nph * max_no * part_plane));
   std::vector<int64_t> tap_off(static_cast<size_t>(pb.R * pb.S));
   for (int64_t r = 0; r < pb.R; ++r)
     for (int64_t s = 0; s < pb.S; ++s)
@@ -763,9 +778,9 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
   // folded into double per image block, then summed over the blocks in order: the same result for any
   // thread count and split.
   if (stats) {
-    ws.stats.resize({nth * pb.Cout * 2 * kLanes});
-    ws.stats.zero();
-    ws.stats_d.assign(static_cast<size_t>(pb.NB * pb.Cout * 2), 0.0);
+    tr.stats.resize({nth * pb.Cout * 2 * kLanes});
+    tr.stats.zero();
+    tr.stats_d.assign(static_cast<size_t>(pb.NB * pb.Cout * 2), 0.0);
   }
   const int64_t out_plane = pb.Hout * pb.Wout * kLanes;
 
@@ -782,7 +797,7 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
       int parity = 0;
       FilteredTaps& ft = ws.filtered[tid];
 
-      float* const lane_stats = stats ? ws.stats.data() + tid * pb.Cout * 2 * kLanes : nullptr;
+      float* const lane_stats = stats ? tr.stats.data() + tid * pb.Cout * 2 * kLanes : nullptr;
       // Split: each thread a contiguous run of blocks, the share the element-wise passes (batch norm,
       // adds: static schedules over blocks) give it, so that it reads what its own core wrote.
       const int64_t nb_lo = split_blocks ? pb.NB * tid / nth : 0;
@@ -809,7 +824,7 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
           const int64_t row_org = i0 * ist + drmin, rows = (i1 - 1 - i0) * kst + drmax - drmin + 1;
           for (int64_t cg = 0; cg < ncg; ++cg) {
             const int64_t c0 = cg * CG, cga = std::min(CG, pb.Cin - c0);
-            float* const slab = ws.slab[shared ? parity : tid].data();
+            float* const slab = tr.slab[shared ? parity : tid].data();
             parity ^= 1;
             build_slab<V>(pb.in, pb.Cin, pb.Hin, pb.Win, pb.N, nb, c0, cga, row_org, rows, dcmin, slab_cols,
                           chan_stride, pro, slab, shared, sub);
@@ -854,7 +869,7 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
               c.ist = kst;
               c.out_nb = pb.out + nb * pb.Cout * out_plane;
               c.out_plane = out_plane;
-              c.part = ws.part[tid].data() + ph * no * part_plane;
+              c.part = tr.part[tid].data() + ph * no * part_plane;
               c.part_plane = part_plane;
               c.part_row = Jmax * kLanes;
               c.stream = stream;
@@ -896,8 +911,8 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
             float* st = lane_stats + o * 2 * kLanes;
             double s = 0, q = 0;
             for (int64_t l = 0; l < kLanes; ++l) s += st[l], q += st[kLanes + l];
-            ws.stats_d[(nb * pb.Cout + o) * 2] = s;
-            ws.stats_d[(nb * pb.Cout + o) * 2 + 1] = q;
+            tr.stats_d[(nb * pb.Cout + o) * 2] = s;
+            tr.stats_d[(nb * pb.Cout + o) * 2 + 1] = q;
             std::fill(st, st + 2 * kLanes, 0.0f);
           }
         }
@@ -911,7 +926,7 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
     for (int64_t o = 0; o < pb.Cout; ++o) {
       double s = 0, q = 0;
       for (int64_t nb = 0; nb < pb.NB; ++nb)
-        s += ws.stats_d[(nb * pb.Cout + o) * 2], q += ws.stats_d[(nb * pb.Cout + o) * 2 + 1];
+        s += tr.stats_d[(nb * pb.Cout + o) * 2], q += tr.stats_d[(nb * pb.Cout + o) * 2 + 1];
       if (epi.sum) epi.sum[o] = s;
       if (epi.sumsq) epi.sumsq[o] = q;
     }
@@ -1136,7 +1151,8 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
   BR = std::min(BR, P);
   const int64_t slab_rows_max = (BR - 1) * kst + R;
   const int64_t chan_stride = slab_rows_max * slab_cols * kLanes;
-  ws.slab_buffers(std::max(nth, 2), CG * chan_stride);
+  Transient& tr = transient();
+  tr.slab_buffers(std::max(nth, 2), CG * chan_stride);
   split_by_cost(w.nnz_per_k(), nks, ws.bounds);
   ws.per_thread(nth);
   const std::vector<int32_t>& fptr = w.ff_ptr();
@@ -1171,11 +1187,11 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
   }
   int64_t max_slots = 1;
   for (int64_t n : cache.slots) max_slots = std::max(max_slots, n);
-  ws.part_buffers(nth, max_slots * kLanes);
+  tr.part_buffers(nth, max_slots * kLanes);
   ws.zero_in.resize(static_cast<size_t>(NB * C));
   ws.zero_err.resize(static_cast<size_t>(NB * K));
   const int64_t dy_plane = P * Q * kLanes;
-  if (per_block) ws.wg_blocks.resize(static_cast<size_t>(NB * nnz));
+  if (per_block) tr.wg_blocks.resize(static_cast<size_t>(NB * nnz));
 
 #pragma omp parallel num_threads(nth)
   {
@@ -1187,7 +1203,7 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
       const int64_t k0 = ws.bounds[ks], k1 = ws.bounds[ks + 1], nk = k1 - k0;
       SparseCounters cnt;  // this thread's own: counters of both threads in one cache line would ping-pong
       int parity = 0;
-      float* const pv = ws.part[tid].data();
+      float* const pv = tr.part[tid].data();
       FilteredTaps& ft = ws.filtered[tid];
       if (!per_block)
         for (int32_t e = fptr[k0 * C]; e < fptr[k1 * C]; ++e) part[e] = 0.0f;
@@ -1200,7 +1216,7 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
       const int64_t nb_lo = split_nb ? NB * tid / nth : 0, nb_hi = split_nb ? NB * (tid + 1) / nth : NB;
       for (int64_t nb = nb_lo; nb < nb_hi; ++nb) {
         const int64_t n_real = real_images(g.N, nb);
-        float* const grad = per_block ? ws.wg_blocks.data() + nb * nnz : part;
+        float* const grad = per_block ? tr.wg_blocks.data() + nb * nnz : part;
         if (per_block) std::fill(grad + fptr[k0 * C], grad + fptr[k1 * C], 0.0f);
         const uint8_t* zero_x = ws.zero_in.data() + nb * C;
         for (int64_t k = k0; k < k1; ++k) dead[k - k0] = ws.zero_err[nb * K + k];
@@ -1214,7 +1230,7 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
           for (int64_t cg = 0; cg < ncg; ++cg) {
             const int64_t c0 = cg * CG, cga = std::min(CG, C - c0);
             const int64_t nslots = cache.slots[ks * ncg + cg];
-            float* const slab = ws.slab[shared ? parity : tid].data();
+            float* const slab = tr.slab[shared ? parity : tid].data();
             parity ^= 1;
             build_slab<V>(x, C, g.H, g.W, g.N, nb, c0, cga, row_org, slab_rows, -g.pad, slab_cols,
                           chan_stride, pro, slab, shared, sub);
@@ -1333,8 +1349,8 @@ void wg_run(const ConvGeom& g, const float* x, const float* dy, const SparseWeig
     if (per_block) {  // the blocks' sums, in block order
 #pragma omp for schedule(static)
       for (int64_t e = 0; e < nnz; ++e) {
-        float s = ws.wg_blocks[e];
-        for (int64_t nb = 1; nb < NB; ++nb) s += ws.wg_blocks[nb * nnz + e];
+        float s = tr.wg_blocks[e];
+        for (int64_t nb = 1; nb < NB; ++nb) s += tr.wg_blocks[nb * nnz + e];
         part[e] = s;
       }
     }
@@ -1578,7 +1594,7 @@ SparseCounters sparse_conv_wg_values(const Tensor& x, const Tensor& dy, const Sp
 SparseCounters sparse_conv_wg(const Tensor& x, const Tensor& dy, const SparseWeights& w, Tensor& dw,
                               Tensor* db, SparseConvScratch& scratch, const ConvPrologue& prologue,
                               const SparseConvOptions& opt) {
-  std::vector<float>& part = scratch.impl().wg_part;
+  std::vector<float>& part = transient().wg_part;
   part.resize(static_cast<size_t>(w.nnz()));
   if (db) db->resize({w.K()});
   const SparseCounters c =

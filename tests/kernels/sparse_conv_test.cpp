@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/error.hpp"
@@ -872,6 +873,47 @@ TEST(SparseConv, CalledFromInsideAParallelRegion) {
   expect_close(dx, pc.dx_ref, "nested bp");
   expect_close(dw, pc.dw_ref, "nested wg");
   EXPECT_TRUE(cf.adds_up() && cb.adds_up() && cw.adds_up());
+}
+
+// The slabs, partial sums and statistics a call uses while it runs belong to the calling thread and are
+// shared by every scratch (sparse_conv.cpp, Transient): layers of different sizes calling in turn, each
+// with its own scratch, and two threads calling at once, still get their own results.
+TEST(SparseConv, LayersInTurnAndThreadsAtOnceGetTheirOwnResults) {
+  const Prepared big(Case{64, 20, 14, 14, 24, 3, 3, 1, 1, 0.3}, 71);
+  const Prepared small(Case{17, 6, 5, 5, 5, 3, 3, 2, 1, 0.6}, 72);
+  SparseConvScratch sa, sb;
+  Tensor ya, yb, dxa, dxb, dwa, dwb;
+  std::vector<double> suma(24), sumb(5);
+  for (int round = 0; round < 2; ++round) {
+    ConvEpilogue ea, eb;
+    ea.sum = suma.data();
+    eb.sum = sumb.data();
+    sparse_conv_ff(big.x16, big.sw, ya, sa, {}, ea);
+    sparse_conv_ff(small.x16, small.sw, yb, sb, {}, eb);
+    expect_close(ya, big.y_ref, "turns ff big");
+    expect_close(yb, small.y_ref, "turns ff small");
+    for (const auto* pc : {&big, &small}) {
+      const std::vector<double>& sums = pc == &big ? suma : sumb;
+      const ConvGeom& g = pc->g;
+      for (int64_t k = 0; k < g.K; ++k) {
+        double want = 0;
+        for (int64_t n = 0; n < g.N; ++n)
+          for (int64_t i = 0; i < g.P() * g.Q(); ++i) want += pc->y_ref[(n * g.K + k) * g.P() * g.Q() + i];
+        EXPECT_NEAR(sums[k], want, 1e-3 * (1 + std::abs(want))) << "turns sum " << describe(pc->cs) << " k" << k;
+      }
+    }
+    sparse_conv_bp(big.dy16, big.sw, big.x.shape(), dxa, sa);
+    sparse_conv_bp(small.dy16, small.sw, small.x.shape(), dxb, sb);
+    expect_close(dxa, big.dx_ref, "turns bp big");
+    expect_close(dxb, small.dx_ref, "turns bp small");
+    sparse_conv_wg(big.x16, big.dy16, big.sw, dwa, nullptr, sa);
+    sparse_conv_wg(small.x16, small.dy16, small.sw, dwb, nullptr, sb);
+    expect_close(dwa, big.dw_ref, "turns wg big");
+    expect_close(dwb, small.dw_ref, "turns wg small");
+  }
+  std::thread other([&] { check_prepared(small, SparseConvOptions{}, "other thread"); });
+  check_prepared(big, SparseConvOptions{}, "this thread");
+  other.join();
 }
 
 TEST(SparseConv, RejectsWrongLayoutsAndShapes) {
