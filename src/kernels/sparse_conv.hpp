@@ -143,8 +143,10 @@ struct SparseConvOptions {
 // every dx there is 0 in the BP. Empty at stride 1.
 std::vector<uint8_t> sparse_conv_bp_tapless_phases(int64_t R, int64_t S, int64_t stride, int64_t pad);
 
-// Reusable buffers (slabs, per-thread tap programs, zero-plane flags, partial sums): one per layer or
-// per thread of control; kernels allocate only when a shape grows.
+// What a layer keeps between calls (its tap programs, built once per mask; zero-plane flags): one per
+// layer or per thread of control; kernels allocate only when a shape grows. The buffers a call needs
+// only while it runs (slabs, partial sums, statistics) are not in here: they belong to the calling
+// thread and are shared by every scratch, so that each call finds them in the caches.
 class SparseConvScratch {
  public:
   SparseConvScratch();
