@@ -356,9 +356,9 @@ struct FilteredTaps {
 
 // What a call needs only while it runs: slabs, partial sums, statistics, per-block gradients. One set
 // per calling thread, shared by every scratch (every layer), so that a call finds them in the caches
-// where the previous layer's call left them; with a set per layer, each was cold (and its pages out of
-// the TLB) at its first call of a training step. Taken before a parallel region, by the calling thread:
-// the team works in the caller's set.
+// where the previous layer's call left them; with a set per layer, each set was cold at its layer's
+// first call of a training step (docs/benchmarks.md, 2026-12-05, third session). Taken before a
+// parallel region, by the calling thread: the team works in the caller's set.
 struct Transient {
   std::vector<Tensor> slab;  // one per thread, or two shared by the team (double buffered)
   std::vector<Tensor> part;  // one per thread: partial sums of a band (FF, BP) or of tap sums (WG)
