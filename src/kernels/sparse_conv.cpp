@@ -728,13 +728,14 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
         std::max<int64_t>(1, split_blocks ? pb.Cout : pb.Cout / nth) * Jmax * nph * kLanes * 4;
     const int64_t in_row_bytes = CG * slab_cols * kLanes * 4 * kst;
     BR = std::max<int64_t>(1, std::min(262144 / out_row_bytes, 262144 / std::max<int64_t>(1, in_row_bytes)));
-    // A thread with all output channels of its blocks and several channel groups reads and writes the
-    // band's partial outputs at every group, beside the slab: then both together within 256 KiB, down
-    // to 2 rows. On the Zen 4 (1 MiB L2), ResNet-20's 32->32 layers (two groups of 16) ran in two modes
-    // from process to process with bands of 9 rows (partial outputs 252 KiB, slab 176 KiB): stage 1's
-    // FF summed over a 150-step ERK run to 608 ms in one process, 690-747 in five; with 5 rows 601-621
-    // in all six (BP 528 / 594-645 -> 534-551; docs/benchmarks.md). A floor of 1 row measured slower
-    // (64->128 @32x32 s2 FF 2.7-2.9 -> 3.4-3.5 ms); the channel split (512->512 @4x4) gained nothing.
+    // A thread with all output channels of its blocks and several channel groups reads and writes the band's
+    // partial outputs at every group, beside the slab: then both together, counted per output row (the slab's
+    // halo rows aside), within 256 KiB, down to 2 rows. On the Zen 4 (1 MiB L2), ResNet-20's 32->32 layers
+    // (two groups of 16) ran in two modes from process to process with bands of 9 rows (partial outputs 252
+    // KiB, slab 176 KiB): stage 1's FF summed over a 150-step ERK run to 608 ms in one process, 690-747 in
+    // five; with 5 rows 601-621 in all six (BP 528 / 594-645 -> 534-551; docs/benchmarks.md). A floor of 1
+    // row measured slower (64->128 @32x32 s2 FF 2.7-2.9 -> 3.4-3.5 ms); the channel split (512->512 @4x4)
+    // gained nothing.
     if (split_blocks && ncg > 1)
       BR = std::min(BR, std::max<int64_t>(2, 262144 / (out_row_bytes + in_row_bytes)));
     BR = std::max<int64_t>(TP, BR / TP * TP);
