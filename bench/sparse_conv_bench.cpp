@@ -16,7 +16,9 @@
 // Usage: sparse_conv_bench [--reps N] [--set resnet18|resnet20] [--layer i] [--sparsity s] [--only ff|bp|wg]
 //                          [--tile t] [--cg n] [--band n] [--stream 0|1] [--shared 0|1]
 //                          [--cold 1]  (with --only: operands evicted from the caches before each call)
-//                          [--split-images -1|0|1]
+//                          [--split-images -1|0|1] [--calibration FILE]  (the cost model whose choice
+//                          is shown: a file from `trainer calibrate`, e.g. with --model resnet18 --input
+//                          3x32x32 for these shapes; default: the built-in model)
 // (run with OMP_NUM_THREADS set; the thread count is printed). BENCH_MIN=1 in the environment reports
 // the fastest run instead of the median (on a shared machine the fastest is the least disturbed).
 #include <fmt/format.h>
@@ -35,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.hpp"
 #include "core/rng.hpp"
 #include "core/tensor.hpp"
 #include "core/timer.hpp"
@@ -227,6 +230,7 @@ int main(int argc, char** argv) {
   bool cold = false;       // with --only: evict the activations from every cache level before each call
   std::vector<double> sparsities = {0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95};
   SparseConvOptions opt;
+  std::string calibration;  // a cost model written by `trainer calibrate` (default: the built-in one)
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     const char* v = argv[i + 1];
@@ -258,12 +262,20 @@ int main(int argc, char** argv) {
       }
     } else if (a == "--split-images")
       opt.split_images = std::atoi(v);
+    else if (a == "--calibration")
+      calibration = v;
     else {
       fmt::print(stderr, "unknown option {}\n", a);
       return 2;
     }
   }
-  const ConvCostModel model = ConvCostModel::defaults();
+  ConvCostModel model;
+  try {
+    model = calibration.empty() ? ConvCostModel::defaults() : ConvCostModel::load(calibration);
+  } catch (const Error& e) {
+    fmt::print(stderr, "{}\n", e.what());
+    return 2;
+  }
   fmt::print("sparse conv vs oneDNN {}.{} dense, fp32, {} threads, sparse kernels: {}, median of {} runs\n",
              dnnl_version()->major, dnnl_version()->minor, omp_get_max_threads(), sparse_conv_backend(),
              reps);
@@ -359,11 +371,12 @@ int main(int argc, char** argv) {
                  break_even(sparsities, speed[1]), break_even(sparsities, speed[2]));
     if (only_phase.empty()) {
       auto worst = [&](int ph) {
-        return worst_chosen[ph] >= 1.0 ? std::string("never slower")
-                                       : fmt::format("{:.2f}x at {:.0f}%", worst_chosen[ph], 100 * worst_at[ph]);
+        return worst_chosen[ph] >= 1.0
+                   ? std::string("never slower")
+                   : fmt::format("{:.2f}x at {:.0f}%", worst_chosen[ph], 100 * worst_at[ph]);
       };
-      fmt::print("  the model's choice against oneDNN at its worst: FF {}, BP {}, WG {}\n", worst(0), worst(1),
-                 worst(2));
+      fmt::print("  the model's choice against oneDNN at its worst: FF {}, BP {}, WG {}\n", worst(0),
+                 worst(1), worst(2));
     }
     // The cost model's break-even for this shape: with each kernel on its own layout (what is measured
     // above), and where a pruned run's choice switches to sparse (activations held in NCHW16n, so dense

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -13,6 +14,8 @@
 
 #include "cli/commands.hpp"
 #include "kernels/conv_choice.hpp"
+#include "nn/layers/conv2d.hpp"
+#include "nn/models.hpp"
 
 namespace trainer::cli {
 
@@ -24,7 +27,58 @@ struct CalibrateArgs {
   int batch = 64;
   int repeats = 10;
   bool quick = false;
+  std::string model;              // its convolutions get entries of their own
+  int64_t width = 0;              // the model's first-stage channels (0: its usual width)
+  std::string input = "1x28x28";  // one image, CxHxW
 };
+
+// "CxHxW" with positive sizes; a UsageError naming the option otherwise.
+Shape parse_input(const std::string& text) {
+  Shape out;
+  std::string part;
+  for (size_t i = 0; i <= text.size(); ++i) {
+    if (i == text.size() || text[i] == 'x') {
+      int64_t v = 0;
+      const auto [p, ec] = std::from_chars(part.data(), part.data() + part.size(), v);
+      if (part.empty() || ec != std::errc() || p != part.data() + part.size() || v <= 0 || v > 4096)
+        throw UsageError(
+            fmt::format("option --input: expected an image shape CxHxW of sizes in [1, 4096] "
+                        "(e.g. 3x32x32), got '{}'",
+                        text));
+      out.push_back(v);
+      part.clear();
+    } else {
+      part += text[i];
+    }
+  }
+  if (out.size() != 3)
+    throw UsageError(
+        fmt::format("option --input: expected an image shape CxHxW (e.g. 3x32x32), got '{}'", text));
+  return out;
+}
+
+// The distinct convolution shapes of a model for one image of `input`, in the order they first appear.
+std::vector<ConvShape> model_conv_shapes(const std::string& name, const Shape& input, int64_t width) {
+  ModelOptions mo;
+  mo.width = width;
+  const std::unique_ptr<Graph> g = build_model(name, input, 10, mo);
+  Shape batched = {1, input[0], input[1], input[2]};
+  std::vector<Shape> out_shapes(g->size());
+  std::vector<ConvShape> shapes;
+  for (size_t i = 0; i < g->size(); ++i) {
+    std::vector<Shape> in;
+    for (int j : g->inputs_of(static_cast<int>(i)))
+      in.push_back(j == Graph::kInput ? batched : out_shapes[j]);
+    const Layer& layer = g->layer(static_cast<int>(i));
+    out_shapes[i] = layer.infer_shape(in);
+    const auto* conv = dynamic_cast<const Conv2d*>(&layer);
+    if (!conv || in.size() != 1 || in[0].size() != 4) continue;
+    ConvShape s{conv->in_channels(), in[0][2],       in[0][3],       conv->out_channels(),
+                conv->kernel(),      conv->kernel(), conv->stride(), conv->padding()};
+    if (std::find(shapes.begin(), shapes.end(), s) == shapes.end()) shapes.push_back(s);
+  }
+  return shapes;
+}
 
 void check_range(int v, int lo, int hi, const char* option) {
   if (v < lo || v > hi)
@@ -109,7 +163,10 @@ Command add_calibrate_command(CLI::App& root) {
       "and "
       "the sparse kernels (NCHW16n) at weight densities 100% to 5%, and the layout reorders; fits "
       "time = per call + per multiply x multiplies + per element x activation elements per phase and kernel; "
-      "writes the coefficients as JSON (docs/sparse-training.md). Run it on an otherwise idle machine.");
+      "writes the coefficients as JSON (docs/sparse-training.md). With --model, the model's own convolution "
+      "shapes are measured too and each gets coefficients of its own (dense: its measured time; sparse: a "
+      "line fitted on its densities), which the choice then uses for layers of that shape. Run it on an "
+      "otherwise idle machine.");
   auto args = std::make_shared<CalibrateArgs>();
   app->add_option("--out", args->out, "Where to write the fitted model (JSON) (default: calibration.json)")
       ->type_name("FILE");
@@ -123,6 +180,14 @@ Command add_calibrate_command(CLI::App& root) {
       ->type_name("N");
   app->add_flag("--quick", args->quick,
                 "2 shapes and 3 densities instead of 7 and 6 (a rough fit, for tests)");
+  app->add_option("--model", args->model,
+                  "Also measure this model's convolutions and give each shape coefficients of its own, "
+                  "which then serve every layer of that shape (any batch); e.g. resnet18")
+      ->type_name("NAME");
+  app->add_option("--width", args->width, "With --model: its first-stage channels (default: its usual width)")
+      ->type_name("N");
+  app->add_option("--input", args->input, "With --model: one image's shape (default: 1x28x28, Fashion-MNIST)")
+      ->type_name("CxHxW");
   return {app, [args] {
             check_range(args->threads, 1, 1024, "--threads");
             check_range(args->batch, 1, 4096, "--batch");
@@ -133,6 +198,14 @@ Command add_calibrate_command(CLI::App& root) {
             o.batch = args->batch;
             o.repeats = args->repeats;
             o.quick = args->quick;
+            if (!args->model.empty()) {
+              if (args->width < 0 || args->width > 4096)
+                throw UsageError(
+                    fmt::format("option --width: expected an integer in [0, 4096], got {}", args->width));
+              o.own_shapes = model_conv_shapes(args->model, parse_input(args->input), args->width);
+              fmt::print("{}: {} distinct convolution shapes for {} images, each fitted on its own\n",
+                         args->model, o.own_shapes.size(), args->input);
+            }
             if (const double load = load_average(); load > 1.0)
               fmt::print(stderr,
                          "warning: load average {:.2f}: other processes are running, so the times (and the "

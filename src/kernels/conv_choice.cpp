@@ -57,12 +57,39 @@ double conv_activation_elems(ConvPhase /*phase*/, const ConvGeom& g) {
   return static_cast<double>(g.N) * static_cast<double>(g.C * g.H * g.W + g.K * g.P() * g.Q());
 }
 
+ConvShape ConvShape::of(const ConvGeom& g) { return {g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad}; }
+
+ConvGeom ConvShape::geom(int64_t N) const {
+  ConvGeom g;
+  g.N = N, g.C = C, g.H = H, g.W = W, g.K = K, g.R = R, g.S = S, g.stride = stride, g.pad = pad;
+  return g;
+}
+
+std::string ConvShape::name() const {
+  std::string n = fmt::format("{}->{} {}x{}", C, K, R, S);
+  if (stride != 1) n += fmt::format(" s{}", stride);
+  if (2 * pad != R - 1 || 2 * pad != S - 1) n += fmt::format(" p{}", pad);
+  return n + fmt::format(" @{}x{}", H, W);
+}
+
 // ---------------------------------------------------------------------------------------------------
 // The model
 
+const ShapeCosts* ConvCostModel::entry_for(const ConvGeom& g) const {
+  const ConvShape s = ConvShape::of(g);
+  for (const ShapeCosts& e : shapes)
+    if (e.shape == s) return &e;
+  return nullptr;
+}
+
+const KernelCoeffs& ConvCostModel::coeffs_for(ConvPhase phase, ConvKernel kernel, const ConvGeom& g) const {
+  if (const ShapeCosts* e = entry_for(g)) return e->coeffs[static_cast<int>(phase)][static_cast<int>(kernel)];
+  return at(phase, kernel);
+}
+
 double ConvCostModel::estimate_ns(ConvPhase phase, ConvKernel kernel, const ConvGeom& g, double density,
                                   bool reorder) const {
-  const KernelCoeffs& c = at(phase, kernel);
+  const KernelCoeffs& c = coeffs_for(phase, kernel, g);
   if (kernel == ConvKernel::dense || std::isnan(density)) density = 1.0;
   density = std::clamp(density, 0.0, 1.0);
   const double macs = density * static_cast<double>(g.macs());
@@ -91,7 +118,8 @@ double ConvCostModel::break_even(ConvPhase phase, const ConvGeom& g, bool dense_
                                  bool sparse_reorders) const {
   const double dense = estimate_ns(phase, ConvKernel::dense, g, 1.0, dense_reorders);
   const double fixed = estimate_ns(phase, ConvKernel::sparse, g, 0.0, sparse_reorders);
-  const double per_density = at(phase, ConvKernel::sparse).ns_per_mac * static_cast<double>(g.macs());
+  const double per_density =
+      coeffs_for(phase, ConvKernel::sparse, g).ns_per_mac * static_cast<double>(g.macs());
   if (!(per_density > 0.0)) return fixed < dense ? 1.0 : 0.0;
   const double d = (dense - fixed) / per_density;
   return std::clamp(d, 0.0, 1.0);
@@ -195,6 +223,50 @@ double non_negative(const json& obj, const std::string& name, const std::string&
   return v.get<double>();
 }
 
+int64_t integer_in(const json& obj, const std::string& name, int64_t lo, int64_t hi, const std::string& path,
+                   const std::string& key) {
+  const json& v = member(obj, name, path, key);
+  if (!v.is_number_integer() || v.get<int64_t>() < lo || v.get<int64_t>() > hi)
+    bad_key(path, key, fmt::format("must be an integer in [{}, {}] (got {})", lo, hi, v.dump()));
+  return v.get<int64_t>();
+}
+
+// obj["ff" | "bp" | "wg"]["dense" | "sparse"]{ns_per_call, ns_per_mac, ns_per_elem}; keys named from
+// prefix ("" or "shapes[2].").
+void read_coeffs(const json& obj, const std::string& prefix, const std::string& path,
+                 std::array<std::array<KernelCoeffs, 2>, 3>& out) {
+  for (ConvPhase p : kPhases) {
+    const std::string pk = prefix + conv_phase_name(p);
+    const json& pj = member(obj, conv_phase_name(p), path, pk);
+    if (!pj.is_object()) bad_key(path, pk, "must be an object");
+    for (ConvKernel k : kKernels) {
+      const std::string kk = pk + "." + conv_kernel_name(k);
+      const json& kj = member(pj, conv_kernel_name(k), path, kk);
+      if (!kj.is_object()) bad_key(path, kk, "must be an object");
+      for (int i = 0; i < 3; ++i)
+        coeff_ref(out[static_cast<int>(p)][static_cast<int>(k)], i) =
+            non_negative(kj, kCoeffNames[i], path, kk + "." + kCoeffNames[i]);
+    }
+  }
+}
+
+void write_coeffs(const std::array<std::array<KernelCoeffs, 2>, 3>& c, json& j) {
+  for (ConvPhase p : kPhases)
+    for (ConvKernel k : kKernels) {
+      json e;
+      for (int i = 0; i < 3; ++i)
+        e[kCoeffNames[i]] = coeff_val(c[static_cast<int>(p)][static_cast<int>(k)], i);
+      j[conv_phase_name(p)][conv_kernel_name(k)] = e;
+    }
+}
+
+constexpr const char* kShapeKeys[8] = {"C", "H", "W", "K", "R", "S", "stride", "pad"};
+
+int64_t& shape_ref(ConvShape& s, int i) {
+  int64_t* f[8] = {&s.C, &s.H, &s.W, &s.K, &s.R, &s.S, &s.stride, &s.pad};
+  return *f[i];
+}
+
 }  // namespace
 
 ConvCostModel ConvCostModel::load(const std::string& path) {
@@ -221,16 +293,28 @@ ConvCostModel ConvCostModel::load(const std::string& path) {
     bad_key(path, "threads", fmt::format("must be a non-negative integer (got {})", threads.dump()));
   m.threads = static_cast<int>(threads.get<int64_t>());
   m.reorder_ns_per_elem = non_negative(j, "reorder_ns_per_elem", path, "reorder_ns_per_elem");
-  for (ConvPhase p : kPhases) {
-    const std::string pk = conv_phase_name(p);
-    const json& pj = member(j, pk, path, pk);
-    if (!pj.is_object()) bad_key(path, pk, "must be an object");
-    for (ConvKernel k : kKernels) {
-      const std::string kk = pk + "." + conv_kernel_name(k);
-      const json& kj = member(pj, conv_kernel_name(k), path, kk);
-      if (!kj.is_object()) bad_key(path, kk, "must be an object");
-      for (int i = 0; i < 3; ++i)
-        coeff_ref(m.at(p, k), i) = non_negative(kj, kCoeffNames[i], path, kk + "." + kCoeffNames[i]);
+  read_coeffs(j, "", path, m.coeffs);
+  // Optional: per-shape entries (`trainer calibrate --model`).
+  if (const auto it = j.find("shapes"); it != j.end()) {
+    if (!it->is_array()) bad_key(path, "shapes", "must be an array");
+    for (size_t i = 0; i < it->size(); ++i) {
+      const std::string key = fmt::format("shapes[{}]", i);
+      const json& e = (*it)[i];
+      if (!e.is_object()) bad_key(path, key, "must be an object");
+      ShapeCosts sc;
+      for (int f = 0; f < 8; ++f) {
+        const bool is_pad = f == 7;
+        shape_ref(sc.shape, f) =
+            integer_in(e, kShapeKeys[f], is_pad ? 0 : 1, int64_t{1} << 20, path, key + "." + kShapeKeys[f]);
+      }
+      const ConvShape& sh = sc.shape;
+      if (sh.H + 2 * sh.pad < sh.R || sh.W + 2 * sh.pad < sh.S)
+        bad_key(path, key, fmt::format("is {}: the kernel is larger than the padded input", sh.name()));
+      for (size_t k = 0; k < m.shapes.size(); ++k)
+        if (m.shapes[k].shape == sh)
+          bad_key(path, key, fmt::format("repeats the shape of shapes[{}] ({})", k, sh.name()));
+      read_coeffs(e, key + ".", path, sc.coeffs);
+      m.shapes.push_back(sc);
     }
   }
   return m;
@@ -242,12 +326,19 @@ void ConvCostModel::save(const std::string& path) const {
   j["version"] = kFormatVersion;
   j["threads"] = threads;
   j["reorder_ns_per_elem"] = reorder_ns_per_elem;
-  for (ConvPhase p : kPhases)
-    for (ConvKernel k : kKernels) {
-      json c;
-      for (int i = 0; i < 3; ++i) c[kCoeffNames[i]] = coeff_val(at(p, k), i);
-      j[conv_phase_name(p)][conv_kernel_name(k)] = c;
+  write_coeffs(coeffs, j);
+  if (!shapes.empty()) {
+    json arr = json::array();
+    for (const ShapeCosts& sc : shapes) {
+      json e;
+      ConvShape sh = sc.shape;
+      e["name"] = sh.name();  // for the reader; the numbers below are what is loaded
+      for (int f = 0; f < 8; ++f) e[kShapeKeys[f]] = shape_ref(sh, f);
+      write_coeffs(sc.coeffs, e);
+      arr.push_back(e);
     }
+    j["shapes"] = arr;
+  }
   const std::string text = j.dump(2) + "\n";
   const std::string tmp = path + ".tmp";
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
@@ -359,7 +450,8 @@ ConvCostModel fit_cost_model(const CalibrationData& data, std::FILE* log) {
     for (ConvKernel k : kKernels) {
       std::vector<FitPoint> pts;
       for (const CalibrationSample& s : data.samples)
-        if (s.phase == p && s.kernel == k) pts.push_back({s.executed_macs, s.activation_elems, s.ns});
+        if (s.generic && s.phase == p && s.kernel == k)
+          pts.push_back({s.executed_macs, s.activation_elems, s.ns});
       const FitResult r = fit_kernel_coeffs(pts);
       m.at(p, k) = r.coeffs;
       if (log)
@@ -369,6 +461,42 @@ ConvCostModel fit_cost_model(const CalibrationData& data, std::FILE* log) {
                    conv_phase_name(p), conv_kernel_name(k), r.coeffs.ns_per_call, r.coeffs.ns_per_mac,
                    r.coeffs.ns_per_elem, r.points, 100 * r.max_rel_error);
     }
+  // Per-shape entries. Within one shape the activation elements are a constant, so the sparse fit has
+  // two unknowns (per call, per multiply); the dense kernel was timed once per phase, and its entry is
+  // that time over its multiplies, so that it scales with the batch.
+  std::vector<ConvShape> own;
+  for (const CalibrationSample& s : data.samples)
+    if (s.own_entry && std::find(own.begin(), own.end(), ConvShape::of(s.geom)) == own.end())
+      own.push_back(ConvShape::of(s.geom));
+  for (const ConvShape& shape : own) {
+    ShapeCosts e;
+    e.shape = shape;
+    std::string line = fmt::format("fit shape {:<22}:", shape.name());
+    for (ConvPhase p : kPhases) {
+      std::vector<FitPoint> pts;
+      double dense_ns = 0.0, dense_macs = 0.0;
+      for (const CalibrationSample& s : data.samples) {
+        if (!s.own_entry || s.phase != p || !(ConvShape::of(s.geom) == shape)) continue;
+        if (s.kernel == ConvKernel::dense) {
+          TRAINER_CHECK(
+              s.ns > 0.0 && std::isfinite(s.ns) && s.executed_macs > 0.0,
+              "cost model fit: shape {}: a dense sample needs a positive time and multiplies (got {} "
+              "ns, {} macs)",
+              shape.name(), s.ns, s.executed_macs);
+          dense_ns = s.ns, dense_macs = s.executed_macs;
+        } else {
+          pts.push_back({s.executed_macs, 0.0, s.ns});
+        }
+      }
+      KernelCoeffs& d = e.coeffs[static_cast<int>(p)][static_cast<int>(ConvKernel::dense)];
+      d.ns_per_mac = dense_macs > 0.0 ? dense_ns / dense_macs : 0.0;
+      const FitResult r = fit_kernel_coeffs(pts);
+      e.coeffs[static_cast<int>(p)][static_cast<int>(ConvKernel::sparse)] = r.coeffs;
+      line += fmt::format("  {} sparse max error {:.1f}%", conv_phase_name(p), 100 * r.max_rel_error);
+    }
+    m.shapes.push_back(e);
+    if (log) fmt::print(log, "{}\n", line);
+  }
   // Through the origin, relative error: minimise sum ((a e_i - t_i) / t_i)^2.
   double num = 0.0, den = 0.0;
   for (const ReorderSample& s : data.reorders) {
@@ -432,7 +560,10 @@ namespace {
 
 // Everything one calibration shape needs, created before any timing.
 struct ShapeRun {
-  const CalShape* cs = nullptr;
+  std::string name;
+  bool generic = true;  // a built-in shape (the generic fit)
+  bool own = false;     // in CalibrationOptions::own_shapes (an entry of its own)
+  uint64_t seed = 0;
   ConvGeom g;
   Tensor x16c, dy16c, x16n, dy16n, w;
   std::unique_ptr<ConvDnnl> conv;
@@ -484,17 +615,43 @@ CalibrationData measure_conv_kernels(const CalibrationOptions& o, std::FILE* log
   for (int si : shapes) {
     auto r = std::make_unique<ShapeRun>();
     const CalShape& cs = kShapes[si];
-    r->cs = &cs;
-    Rng rng(0x5eedc0de + static_cast<uint64_t>(si));
-    ConvGeom& g = r->g;
-    g.N = N, g.C = cs.C, g.H = cs.H, g.W = cs.H, g.K = cs.K, g.R = cs.R, g.S = cs.R, g.stride = cs.stride,
-    g.pad = cs.pad;
+    r->name = cs.name;
+    r->seed = 0x5eedc0de + static_cast<uint64_t>(si);
+    r->g = ConvShape{cs.C, cs.H, cs.H, cs.K, cs.R, cs.R, cs.stride, cs.pad}.geom(N);
+    runs.push_back(std::move(r));
+  }
+  for (size_t i = 0; i < o.own_shapes.size(); ++i) {
+    const ConvShape& sh = o.own_shapes[i];
+    TRAINER_CHECK(sh.C >= 1 && sh.K >= 1 && sh.R >= 1 && sh.S >= 1 && sh.stride >= 1 && sh.pad >= 0 &&
+                      sh.H + 2 * sh.pad >= sh.R && sh.W + 2 * sh.pad >= sh.S,
+                  "calibration: shape {} ({}x{} input, pad {}) is not a valid convolution", sh.name(), sh.H,
+                  sh.W, sh.pad);
+    const auto same =
+        std::find_if(runs.begin(), runs.end(), [&](const auto& r) { return ConvShape::of(r->g) == sh; });
+    if (same != runs.end()) {  // measured anyway
+      (*same)->own = true;
+      continue;
+    }
+    auto r = std::make_unique<ShapeRun>();
+    r->name = sh.name();
+    r->generic = false;
+    r->own = true;
+    r->seed = 0x5eedc0de + 1000 + i;
+    r->g = sh.geom(N);
+    runs.push_back(std::move(r));
+  }
+  for (auto& rp : runs) {
+    ShapeRun* r = rp.get();
+    Rng rng(r->seed);
+    const ConvGeom& g = r->g;
     const Tensor x = random_tensor({N, g.C, g.H, g.W}, Layout::plain, rng);
     const Tensor dy = random_tensor({N, g.K, g.P(), g.Q()}, Layout::plain, rng);
-    r->x16c = x.to_layout(Layout::nChw16c), r->dy16c = dy.to_layout(Layout::nChw16c);
+    r->conv = std::make_unique<ConvDnnl>(g.C, g.K, g.R, g.S, g.stride, g.pad, false);
+    // dy in the layout oneDNN writes y in (nChw16c; plain where K is not a multiple of 16), as Conv2d
+    // hands it over.
+    r->x16c = x.to_layout(Layout::nChw16c), r->dy16c = dy.to_layout(r->conv->y_layout());
     r->x16n = x.to_layout(Layout::NCHW16n), r->dy16n = dy.to_layout(Layout::NCHW16n);
     r->w = random_tensor({g.K, g.C, g.R, g.S}, Layout::plain, rng);
-    r->conv = std::make_unique<ConvDnnl>(g.C, g.K, g.R, g.S, g.stride, g.pad, false);
     for (double density : data.densities) {
       auto sp = std::make_unique<ShapeRun::Sparse>();
       sp->density = density;
@@ -506,7 +663,6 @@ CalibrationData measure_conv_kernels(const CalibrationOptions& o, std::FILE* log
     }
     r->reorder_src[0] = r->x16c, r->reorder_src[1] = r->x16n, r->reorder_src[2] = r->dy16c,
     r->reorder_src[3] = r->dy16n;
-    runs.push_back(std::move(r));
   }
 
   // The samples, and a job per sample. Dense: oneDNN on nChw16c, as Conv2d runs it (each ff reorders
@@ -516,7 +672,9 @@ CalibrationData measure_conv_kernels(const CalibrationOptions& o, std::FILE* log
     const ConvGeom& g = r->g;
     auto add = [&](ConvPhase p, ConvKernel k, double density) {
       CalibrationSample s;
-      s.shape = r->cs->name;
+      s.shape = r->name;
+      s.generic = r->generic;
+      s.own_entry = r->own;
       s.geom = g;
       s.phase = p;
       s.kernel = k;
@@ -528,7 +686,8 @@ CalibrationData measure_conv_kernels(const CalibrationOptions& o, std::FILE* log
     for (ConvPhase p : kPhases) add(p, ConvKernel::dense, 1.0);
     for (const auto& sp : r->sparse)
       for (ConvPhase p : kPhases) add(p, ConvKernel::sparse, sp->density);
-    for (const Tensor& t : r->reorder_src) data.reorders.push_back({static_cast<double>(t.numel()), 0.0});
+    if (r->generic)
+      for (const Tensor& t : r->reorder_src) data.reorders.push_back({static_cast<double>(t.numel()), 0.0});
   }
   std::vector<Job> jobs;
   {
@@ -552,7 +711,7 @@ CalibrationData measure_conv_kernels(const CalibrationOptions& o, std::FILE* log
                         },
                         &data.samples[si++].ns});
       }
-      for (int i = 0; i < 4; ++i) {
+      for (int i = 0; i < (r.generic ? 4 : 0); ++i) {
         const Tensor& t = r.reorder_src[i];
         Tensor& dst = r.reorder_dst[i];
         const Layout to = t.layout() == Layout::nChw16c ? Layout::NCHW16n : Layout::nChw16c;
@@ -566,7 +725,7 @@ CalibrationData measure_conv_kernels(const CalibrationOptions& o, std::FILE* log
         log,
         "calibrating: {} threads, batch {}, {} shapes x {} densities; {} calls, each timed once per pass "
         "(the fastest of {} passes counts, after a warm-up pass)\n",
-        o.threads, o.batch, shapes.size(), data.densities.size(), jobs.size(), o.repeats);
+        o.threads, o.batch, runs.size(), data.densities.size(), jobs.size(), o.repeats);
   // Passes over all the calls rather than repeats of one: a burst of load from another process then
   // spoils one run of many points instead of every run of one.
   for (Job& j : jobs) {
@@ -594,16 +753,15 @@ CalibrationData measure_conv_kernels(const CalibrationOptions& o, std::FILE* log
     size_t si = 0;
     for (const auto& r : runs) {
       const CalibrationSample* s = &data.samples[si];
-      fmt::print(log, "  {:<22} dense  ff {:8.3f} ms  bp {:8.3f} ms  wg {:8.3f} ms  (oneDNN {})\n",
-                 r->cs->name, s[0].ns * 1e-6, s[1].ns * 1e-6, s[2].ns * 1e-6,
-                 r->conv->implementations(r->x16c));
+      fmt::print(log, "  {:<22} dense  ff {:8.3f} ms  bp {:8.3f} ms  wg {:8.3f} ms  (oneDNN {})\n", r->name,
+                 s[0].ns * 1e-6, s[1].ns * 1e-6, s[2].ns * 1e-6, r->conv->implementations(r->x16c));
       si += 3;
       for (const auto& sp : r->sparse) {
         s = &data.samples[si];
         fmt::print(
             log,
             "  {:<22} sparse ff {:8.3f} ms  bp {:8.3f} ms  wg {:8.3f} ms  (density {:.0f}%, kept {:.1f}%)\n",
-            r->cs->name, s[0].ns * 1e-6, s[1].ns * 1e-6, s[2].ns * 1e-6, 100 * sp->density,
+            r->name, s[0].ns * 1e-6, s[1].ns * 1e-6, s[2].ns * 1e-6, 100 * sp->density,
             100 * sp->sw.density());
         si += 3;
       }

@@ -15,6 +15,8 @@
 // executed_macs = density * g.macs() (dense: density = 1); activation_elems = the elements of the
 // activation operands the phase reads and writes (ff: x + y; bp: dy + dx; wg: x + dy);
 // reordered_elems = the same elements, when the activations are held in the other kernel's layout.
+// A model may also hold coefficients of its own for particular shapes (ShapeCosts, from `trainer
+// calibrate --model`), which then serve every layer of exactly that shape.
 //
 // Fitting: each (phase, kernel) is fitted on its own measured calls by non-negative least squares on
 // the relative error (each point weighted by 1 / its measured time, so a 0.1 ms call counts as much as
@@ -48,12 +50,40 @@ struct KernelCoeffs {
   bool operator==(const KernelCoeffs&) const = default;
 };
 
+// A convolution's geometry without the batch: what a per-shape entry of the model applies to.
+struct ConvShape {
+  int64_t C = 0, H = 0, W = 0, K = 0, R = 0, S = 0, stride = 1, pad = 0;
+  bool operator==(const ConvShape&) const = default;
+  static ConvShape of(const ConvGeom& g);
+  ConvGeom geom(int64_t N) const;
+  // e.g. "64->128 3x3 s2 @32x32" (the padding is named only where it is not (R-1)/2: "p0").
+  std::string name() const;
+};
+
+// Coefficients measured on one shape (`trainer calibrate --model`). For a convolution of exactly this
+// shape, at any batch, they replace the generic ones: the generic model's three terms leave errors of up
+// to 20% on shapes unlike those it was fitted on (oneDNN runs 512->512 @4x4 at 6.4 ps a multiply here and
+// 16->16 @28x28 at 8.9), which moves the choice where the two kernels are within that of each other.
+// Dense: ns_per_mac only (the measured time over the measured multiplies, so that it scales with the
+// batch); sparse: ns_per_call and ns_per_mac, fitted on the shape's own densities.
+struct ShapeCosts {
+  ConvShape shape;
+  std::array<std::array<KernelCoeffs, 2>, 3> coeffs{};  // [phase][kernel]
+  bool operator==(const ShapeCosts&) const = default;
+};
+
 struct ConvCostModel {
   // coeffs[phase][kernel]
   std::array<std::array<KernelCoeffs, 2>, 3> coeffs{};
   double reorder_ns_per_elem = 0.0;  // converting activations between nChw16c and NCHW16n
   int threads = 0;                   // the thread count it was calibrated with (0: unknown)
   std::string source;                // "built-in defaults (<backend>)" or the calibration file's path
+  std::vector<ShapeCosts> shapes;    // per-shape coefficients (at most one entry per shape)
+
+  // The per-shape entry for g's shape, or nullptr.
+  const ShapeCosts* entry_for(const ConvGeom& g) const;
+  // The coefficients an estimate for g uses: its shape's entry where there is one, else the generic ones.
+  const KernelCoeffs& coeffs_for(ConvPhase phase, ConvKernel kernel, const ConvGeom& g) const;
 
   const KernelCoeffs& at(ConvPhase phase, ConvKernel kernel) const {
     return coeffs[static_cast<int>(phase)][static_cast<int>(kernel)];
@@ -99,9 +129,10 @@ struct ConvCostModel {
   // Where the estimates meet when the dense / the sparse kernel pays the reorder, clamped to [0, 1].
   double break_even(ConvPhase phase, const ConvGeom& g, bool dense_reorders, bool sparse_reorders) const;
 
-  // Coefficients and thread count (not the source) are equal.
+  // Coefficients, per-shape entries and thread count (not the source) are equal.
   bool same_coefficients(const ConvCostModel& o) const {
-    return coeffs == o.coeffs && reorder_ns_per_elem == o.reorder_ns_per_elem && threads == o.threads;
+    return coeffs == o.coeffs && reorder_ns_per_elem == o.reorder_ns_per_elem && threads == o.threads &&
+           shapes == o.shapes;
   }
 };
 
@@ -111,6 +142,9 @@ struct CalibrationOptions {
   // Timed passes over all the points (the fastest run of each point counts), after a warm-up pass.
   int repeats = 10;
   bool quick = false;  // fewer shapes and densities (for tests)
+  // Measured as well, each given its own coefficients (ShapeCosts), e.g. a model's convolutions; the
+  // generic coefficients are fitted on the built-in shapes only, whatever is listed here.
+  std::vector<ConvShape> own_shapes;
 };
 
 // One timed kernel call.
@@ -122,7 +156,9 @@ struct CalibrationSample {
   double weight_density = 1.0;  // the mask's target density (1 for dense)
   double executed_macs = 0.0;   // as counted by the kernel (dense: g.macs())
   double activation_elems = 0.0;
-  double ns = 0.0;  // the fastest of the timed runs
+  double ns = 0.0;         // the fastest of the timed runs
+  bool generic = true;     // one of the built-in shapes: the generic fit uses it
+  bool own_entry = false;  // a shape of CalibrationOptions::own_shapes: fitted into its own entry
 };
 
 // One timed activation reorder (Tensor::to_layout, nChw16c <-> NCHW16n).
@@ -158,13 +194,14 @@ struct FitResult {
 FitResult fit_kernel_coeffs(const std::vector<FitPoint>& points);
 
 // Times oneDNN (ConvDnnl on nChw16c) and the sparse kernels (NCHW16n; WG as sparse_conv_wg_values) for
-// each phase on ResNet-20-style shapes at densities 1, .5, .3, .2, .1, .05 (quick: 2 shapes, densities
-// 1, .3, .05), and the reorders. Runs with options.threads OpenMP threads (restored afterwards).
-// Progress lines go to `log` (nullptr: silent).
+// each phase on ResNet-20-style shapes and options.own_shapes (a shape in both is measured once) at
+// densities 1, .5, .3, .2, .1, .05 (quick: 2 shapes, densities 1, .3, .05), and the reorders. Runs with
+// options.threads OpenMP threads (restored afterwards). Progress lines go to `log` (nullptr: silent).
 CalibrationData measure_conv_kernels(const CalibrationOptions& options, std::FILE* log);
 
-// Fits the model on measured data; the fit of each (phase, kernel) and its max relative error go to
-// `log` (nullptr: silent). source = "calibration".
+// Fits the model on measured data: the generic coefficients on the samples marked generic, an entry per
+// shape on those marked own_entry (in the order they first appear); the fit of each (phase, kernel) and
+// its max relative error go to `log` (nullptr: silent). source = "calibration".
 ConvCostModel fit_cost_model(const CalibrationData& data, std::FILE* log);
 
 // Measures oneDNN and the sparse kernels for each phase on a set of ResNet-style 3x3 and 1x1 shapes

@@ -8,10 +8,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -83,8 +85,8 @@ TEST(ConvChoice, DefaultsAreThoseOfTheBackendThisBuildRuns) {
   // The sets differ: an AVX2 machine's oneDNN and sparse kernels are not AVX-512's, nor AMD's Intel's.
   for (size_t i = 0; i < std::size(kBackends); ++i)
     for (size_t j = i + 1; j < std::size(kBackends); ++j)
-      EXPECT_FALSE(ConvCostModel::defaults_for(kBackends[i]).same_coefficients(
-          ConvCostModel::defaults_for(kBackends[j])))
+      EXPECT_FALSE(ConvCostModel::defaults_for(kBackends[i])
+                       .same_coefficients(ConvCostModel::defaults_for(kBackends[j])))
           << kBackends[i] << " and " << kBackends[j];
   try {
     ConvCostModel::defaults_for("neon");
@@ -201,6 +203,75 @@ TEST(ConvChoice, BreakEvenEdgeCases) {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Per-shape entries
+
+TEST(ConvChoiceShapes, ShapeNamesAndGeometry) {
+  EXPECT_EQ(ConvShape::of(kMid).name(), "32->32 3x3 @14x14");
+  EXPECT_EQ(ConvShape::of(geom(64, 32, 14, 64, 3, 2, 1)).name(), "32->64 3x3 s2 @14x14");
+  EXPECT_EQ(ConvShape::of(geom(64, 16, 28, 32, 1, 2, 0)).name(), "16->32 1x1 s2 @28x28");
+  EXPECT_EQ(ConvShape::of(geom(64, 16, 28, 16, 3, 1, 0)).name(), "16->16 3x3 p0 @28x28");
+  ConvGeom g = geom(7, 3, 32, 64, 3, 1, 1);
+  g.W = 30;
+  const ConvGeom back = ConvShape::of(g).geom(7);
+  EXPECT_EQ(back.N, 7);
+  EXPECT_EQ(back.macs(), g.macs());
+  EXPECT_TRUE(ConvShape::of(back) == ConvShape::of(g));
+  EXPECT_EQ(ConvShape::of(g).name(), "3->64 3x3 @32x30");
+}
+
+// A model whose entry for kMid's shape differs from its generic coefficients in every term.
+ConvCostModel with_mid_entry() {
+  ConvCostModel m = ConvCostModel::defaults();
+  ShapeCosts e;
+  e.shape = ConvShape::of(kMid);
+  for (ConvPhase p : kPhases) {
+    e.coeffs[static_cast<int>(p)][0] = {0.0, 0.004 + 0.001 * static_cast<int>(p), 0.0};  // dense
+    e.coeffs[static_cast<int>(p)][1] = {3000.0, 0.02, 0.0};                              // sparse
+  }
+  m.shapes.push_back(e);
+  return m;
+}
+
+TEST(ConvChoiceShapes, AnEntryServesItsShapeAtAnyBatchAndNoOtherShape) {
+  const ConvCostModel m = with_mid_entry();
+  const ConvCostModel generic = ConvCostModel::defaults();
+  for (int64_t N : {64, 128, 5}) {
+    ConvGeom g = kMid;
+    g.N = N;
+    const double M = static_cast<double>(g.macs());
+    ASSERT_NE(m.entry_for(g), nullptr);
+    for (ConvPhase p : kPhases) {
+      const double dense_per_mac = 0.004 + 0.001 * static_cast<int>(p);
+      EXPECT_DOUBLE_EQ(m.estimate_ns(p, ConvKernel::dense, g, 1.0, false), dense_per_mac * M);
+      EXPECT_DOUBLE_EQ(m.estimate_ns(p, ConvKernel::sparse, g, 0.25, false), 3000.0 + 0.02 * 0.25 * M);
+      // The reorder stays the model's own, per element.
+      EXPECT_DOUBLE_EQ(m.estimate_ns(p, ConvKernel::dense, g, 1.0, true),
+                       dense_per_mac * M + m.reorder_ns_per_elem * conv_activation_elems(p, g));
+      EXPECT_NEAR(m.kernel_break_even_density(p, g),
+                  std::clamp((dense_per_mac * M - 3000.0) / (0.02 * M), 0.0, 1.0), 1e-12);
+    }
+  }
+  // Another shape (here only the stride differs) keeps the generic coefficients.
+  const ConvGeom other = geom(64, 32, 14, 32, 3, 2, 1);
+  EXPECT_EQ(m.entry_for(other), nullptr);
+  for (ConvPhase p : kPhases)
+    for (ConvKernel k : {ConvKernel::dense, ConvKernel::sparse}) {
+      EXPECT_EQ(m.estimate_ns(p, k, other, 0.3, false), generic.estimate_ns(p, k, other, 0.3, false));
+      EXPECT_TRUE(m.coeffs_for(p, k, other) == generic.at(p, k));
+    }
+  // The choice follows the entry's numbers: in a pruned run (activations in NCHW16n, dense pays the
+  // reorder) sparse wins below (0.004 M + reorder - 3000) / (0.02 M).
+  const double M = static_cast<double>(kMid.macs());
+  const double flip =
+      (0.004 * M + m.reorder_ns_per_elem * conv_activation_elems(ConvPhase::ff, kMid) - 3000.0) / (0.02 * M);
+  ASSERT_GT(flip, 0.05);
+  ASSERT_LT(flip, 0.95);
+  EXPECT_EQ(m.choose(ConvPhase::ff, kMid, flip + 0.01, true), ConvKernel::dense);
+  EXPECT_EQ(m.choose(ConvPhase::ff, kMid, flip - 0.01, true), ConvKernel::sparse);
+  EXPECT_NEAR(m.break_even_density(ConvPhase::ff, kMid, true), flip, 1e-12);
+}
+
+// ---------------------------------------------------------------------------------------------------
 // The file
 
 TEST_F(ConvChoiceFile, SaveLoadRoundTrip) {
@@ -267,6 +338,50 @@ TEST_F(ConvChoiceFile, LoadRejectsBadFilesNamingFileAndKey) {
   j["version"] = 99;
   spit(path("version.json"), j.dump());
   EXPECT_NE(load_error(path("version.json")).find("key 'version' must be 1"), std::string::npos);
+}
+
+TEST_F(ConvChoiceFile, ShapeEntriesRoundTripAndBadOnesAreNamed) {
+  ConvCostModel m = with_mid_entry();
+  ShapeCosts second = m.shapes[0];
+  second.shape = ConvShape::of(geom(64, 16, 28, 32, 1, 2, 0));
+  second.coeffs[2][1].ns_per_mac = 1.0 / 7.0;
+  m.shapes.push_back(second);
+  m.save(path("s.json"));
+  const ConvCostModel back = ConvCostModel::load(path("s.json"));
+  EXPECT_TRUE(back.same_coefficients(m));
+  ASSERT_EQ(back.shapes.size(), 2u);
+  EXPECT_TRUE(back.shapes[1].shape == second.shape);
+  // A model without entries writes no "shapes" key, and loads without one.
+  ConvCostModel::defaults().save(path("plain.json"));
+  EXPECT_EQ(nlohmann::json::parse(slurp(path("plain.json"))).count("shapes"), 0u);
+  EXPECT_TRUE(ConvCostModel::load(path("plain.json")).shapes.empty());
+
+  const nlohmann::json good = nlohmann::json::parse(slurp(path("s.json")));
+  auto error_with = [&](const std::function<void(nlohmann::json&)>& edit) {
+    nlohmann::json j = good;
+    edit(j);
+    spit(path("bad.json"), j.dump());
+    return load_error(path("bad.json"));
+  };
+  std::string e = error_with([](nlohmann::json& j) { j["shapes"] = 3; });
+  EXPECT_NE(e.find("calibration '" + path("bad.json") + "': key 'shapes' must be an array"),
+            std::string::npos)
+      << e;
+  e = error_with([](nlohmann::json& j) { j["shapes"][1]["stride"] = 0; });
+  EXPECT_NE(e.find("key 'shapes[1].stride' must be an integer in [1,"), std::string::npos) << e;
+  e = error_with([](nlohmann::json& j) { j["shapes"][0]["C"] = 2.5; });
+  EXPECT_NE(e.find("key 'shapes[0].C' must be an integer"), std::string::npos) << e;
+  e = error_with([](nlohmann::json& j) { j["shapes"][1]["bp"]["sparse"].erase("ns_per_mac"); });
+  EXPECT_NE(e.find("key 'shapes[1].bp.sparse.ns_per_mac' missing"), std::string::npos) << e;
+  e = error_with([](nlohmann::json& j) { j["shapes"][0]["wg"]["dense"]["ns_per_mac"] = -1; });
+  EXPECT_NE(e.find("key 'shapes[0].wg.dense.ns_per_mac' must be a non-negative number"), std::string::npos)
+      << e;
+  e = error_with([](nlohmann::json& j) { j["shapes"][1] = j["shapes"][0]; });
+  EXPECT_NE(e.find("key 'shapes[1]' repeats the shape of shapes[0] (32->32 3x3 @14x14)"), std::string::npos)
+      << e;
+  e = error_with([](nlohmann::json& j) { j["shapes"][0]["R"] = 17; });
+  EXPECT_NE(e.find("key 'shapes[0]' is 32->32 17x3"), std::string::npos) << e;
+  EXPECT_NE(e.find("larger than the padded input"), std::string::npos) << e;
 }
 
 TEST(ConvChoice, SaveToAnImpossiblePathNamesIt) {
@@ -377,6 +492,69 @@ TEST(ConvChoiceFit, FitCostModelRecoversAModelFromItsOwnPredictions) {
                     1e-6 * truth.estimate_ns(p, k, kMid, d, false));
 }
 
+TEST(ConvChoiceFit, OwnShapesGetEntriesAndLeaveTheGenericFitAlone) {
+  const ConvCostModel truth = ConvCostModel::defaults();
+  CalibrationData data;
+  data.threads = 2;
+  data.batch = 64;
+  data.densities = {1.0, 0.5, 0.1};
+  auto add_shape = [&](const ConvGeom& g, bool generic, bool own, const ConvCostModel& from) {
+    for (ConvPhase p : kPhases) {
+      CalibrationSample s;
+      s.geom = g;
+      s.phase = p;
+      s.generic = generic;
+      s.own_entry = own;
+      s.activation_elems = conv_activation_elems(p, g);
+      s.kernel = ConvKernel::dense;
+      s.executed_macs = static_cast<double>(g.macs());
+      s.ns = from.estimate_ns(p, ConvKernel::dense, g, 1.0, false);
+      data.samples.push_back(s);
+      for (double d : data.densities) {
+        s.kernel = ConvKernel::sparse;
+        s.weight_density = d;
+        s.executed_macs = d * static_cast<double>(g.macs());
+        s.ns = from.estimate_ns(p, ConvKernel::sparse, g, d, false);
+        data.samples.push_back(s);
+      }
+    }
+  };
+  for (const ConvGeom& g : {geom(64, 16, 28, 16, 3, 1, 1), geom(64, 64, 7, 64, 3, 1, 1),
+                            geom(64, 16, 28, 32, 1, 2, 0), geom(64, 32, 14, 64, 3, 2, 1)})
+    add_shape(g, true, false, truth);
+  add_shape(kMid, true, true, truth);  // a built-in shape that is also one of the model's
+  // A shape only the model has, timed as the entry model says (far from the generic coefficients):
+  // it must not move the generic fit.
+  ConvCostModel odd = with_mid_entry();
+  const ConvGeom wide = geom(64, 512, 4, 512, 3, 1, 1);
+  odd.shapes[0].shape = ConvShape::of(wide);
+  add_shape(wide, false, true, odd);
+
+  const ConvCostModel fit = fit_cost_model(data, nullptr);
+  ASSERT_EQ(fit.shapes.size(), 2u);
+  EXPECT_TRUE(fit.shapes[0].shape == ConvShape::of(kMid));
+  EXPECT_TRUE(fit.shapes[1].shape == ConvShape::of(wide));
+  for (ConvPhase p : kPhases)
+    for (ConvKernel k : {ConvKernel::dense, ConvKernel::sparse}) {
+      // Generic: recovered from the built-in shapes alone.
+      const ConvGeom mid_stride2 = geom(64, 32, 14, 32, 3, 2, 1);
+      EXPECT_NEAR(fit.estimate_ns(p, k, mid_stride2, 0.3, false),
+                  truth.estimate_ns(p, k, mid_stride2, 0.3, false),
+                  1e-6 * truth.estimate_ns(p, k, mid_stride2, 0.3, false));
+      for (double d : {0.05, 0.5, 1.0}) {
+        EXPECT_NEAR(fit.estimate_ns(p, k, kMid, d, false), truth.estimate_ns(p, k, kMid, d, false),
+                    1e-6 * truth.estimate_ns(p, k, kMid, d, false));
+        for (int64_t N : {64, 128}) {
+          ConvGeom w = wide;
+          w.N = N;
+          // At the calibrated batch the entry reproduces the timings; at another, dense scales with it.
+          EXPECT_NEAR(fit.estimate_ns(p, k, w, d, false), odd.estimate_ns(p, k, w, d, false),
+                      1e-6 * odd.estimate_ns(p, k, w, d, false));
+        }
+      }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Measuring: a smoke run (structure only; the times are whatever this machine gives)
 
@@ -417,6 +595,45 @@ TEST(ConvChoiceCalibrate, QuickRunGivesFiniteNonNegativeModel) {
   EXPECT_THROW(calibrate(bad, nullptr), Error);
 }
 
+TEST(ConvChoiceCalibrate, OwnShapesAreMeasuredOnceAndGetEntries) {
+  CalibrationOptions o;
+  o.quick = true;
+  o.repeats = 1;
+  o.batch = 16;
+  const ConvShape mid = ConvShape::of(kMid);  // one of the quick run's built-in shapes
+  const ConvShape extra{8, 10, 12, 16, 3, 3, 1, 1};
+  o.own_shapes = {mid, extra, mid};
+  CalibrationData data;
+  const ConvCostModel m = calibrate(o, nullptr, &data);
+  EXPECT_EQ(data.samples.size(), 3u * 3u * (1u + 3u));  // two built-in shapes and one more
+  EXPECT_EQ(data.reorders.size(), 2u * 4u);             // the reorders of the built-in shapes only
+  int generic = 0, own = 0;
+  for (const CalibrationSample& s : data.samples) {
+    generic += s.generic;
+    own += s.own_entry;
+    EXPECT_EQ(s.own_entry, ConvShape::of(s.geom) == mid || ConvShape::of(s.geom) == extra) << s.shape;
+  }
+  EXPECT_EQ(generic, 2 * 12);
+  EXPECT_EQ(own, 2 * 12);
+  ASSERT_EQ(m.shapes.size(), 2u);
+  EXPECT_TRUE(m.shapes[0].shape == mid);
+  EXPECT_TRUE(m.shapes[1].shape == extra);
+  for (ConvPhase p : kPhases) {
+    const ConvGeom g = extra.geom(16);
+    EXPECT_GT(m.estimate_ns(p, ConvKernel::dense, g, 1.0, false), 0.0);
+    EXPECT_GT(m.estimate_ns(p, ConvKernel::sparse, g, 1.0, false), 0.0);
+    // The dense entry reproduces what was measured for the shape.
+    for (const CalibrationSample& s : data.samples) {
+      if (s.kernel == ConvKernel::dense && s.phase == p && ConvShape::of(s.geom) == extra) {
+        EXPECT_NEAR(m.estimate_ns(p, ConvKernel::dense, g, 1.0, false), s.ns, 1e-9 * s.ns);
+      }
+    }
+  }
+  CalibrationOptions bad = o;
+  bad.own_shapes = {ConvShape{8, 2, 2, 16, 7, 7, 1, 1}};
+  EXPECT_THROW(calibrate(bad, nullptr), Error);
+}
+
 int run(const std::string& cmd) {
   const int status = std::system(cmd.c_str());
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -438,6 +655,35 @@ TEST_F(ConvChoiceFile, CalibrateCommandWritesALoadableModel) {
   EXPECT_EQ(run(std::string(TRAINER_BINARY) + " calibrate --threads 0 --out " + out + " >" + log + " 2>&1"),
             2);
   EXPECT_NE(slurp(log).find("--threads"), std::string::npos) << slurp(log);
+}
+
+TEST_F(ConvChoiceFile, CalibrateCommandGivesAModelsShapesTheirOwnEntries) {
+  const std::string out = path("cal.json"), log = path("log.txt");
+  ASSERT_EQ(run(std::string(TRAINER_BINARY) +
+                " calibrate --quick --batch 8 --repeats 1 --model resnet8 --width 8 " +
+                "--input 1x12x12 --out " + out + " >" + log + " 2>&1"),
+            0)
+      << slurp(log);
+  const ConvCostModel m = ConvCostModel::load(out);
+  // resnet8 at width 8 on 12x12, in the order the layers come: the stem 1->8, 8->8 @12x12, then each
+  // later stage's strided 3x3, its second 3x3 and its 1x1 shortcut.
+  std::vector<std::string> names;
+  for (const ShapeCosts& e : m.shapes) names.push_back(e.shape.name());
+  const std::vector<std::string> expected = {"1->8 3x3 @12x12", "8->8 3x3 @12x12",     "8->16 3x3 s2 @12x12",
+                                             "16->16 3x3 @6x6", "8->16 1x1 s2 @12x12", "16->32 3x3 s2 @6x6",
+                                             "32->32 3x3 @3x3", "16->32 1x1 s2 @6x6"};
+  EXPECT_EQ(names, expected) << slurp(log);
+  EXPECT_NE(slurp(log).find("resnet8: 8 distinct convolution shapes"), std::string::npos) << slurp(log);
+
+  EXPECT_EQ(run(std::string(TRAINER_BINARY) + " calibrate --quick --model resnet8 --input 1x12 --out " + out +
+                " >" + log + " 2>&1"),
+            2);
+  EXPECT_NE(slurp(log).find("option --input: expected an image shape CxHxW"), std::string::npos)
+      << slurp(log);
+  EXPECT_NE(run(std::string(TRAINER_BINARY) + " calibrate --quick --model nosuchnet --out " + out + " >" +
+                log + " 2>&1"),
+            0);
+  EXPECT_NE(slurp(log).find("nosuchnet"), std::string::npos) << slurp(log);
 }
 
 }  // namespace
