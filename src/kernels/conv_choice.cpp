@@ -103,7 +103,7 @@ ConvKernel ConvCostModel::choose(ConvPhase phase, const ConvGeom& g, double dens
                                  bool activations_nchw16n) const {
   const double dense = estimate_ns(phase, ConvKernel::dense, g, 1.0, activations_nchw16n);
   const double sparse = estimate_ns(phase, ConvKernel::sparse, g, density, !activations_nchw16n);
-  return sparse < dense ? ConvKernel::sparse : ConvKernel::dense;
+  return sparse < dense * (1.0 - sparse_margin) ? ConvKernel::sparse : ConvKernel::dense;
 }
 
 double ConvCostModel::break_even_density(ConvPhase phase, const ConvGeom& g, bool activations_nchw16n) const {
@@ -116,7 +116,7 @@ double ConvCostModel::kernel_break_even_density(ConvPhase phase, const ConvGeom&
 
 double ConvCostModel::break_even(ConvPhase phase, const ConvGeom& g, bool dense_reorders,
                                  bool sparse_reorders) const {
-  const double dense = estimate_ns(phase, ConvKernel::dense, g, 1.0, dense_reorders);
+  const double dense = (1.0 - sparse_margin) * estimate_ns(phase, ConvKernel::dense, g, 1.0, dense_reorders);
   const double fixed = estimate_ns(phase, ConvKernel::sparse, g, 0.0, sparse_reorders);
   const double per_density =
       coeffs_for(phase, ConvKernel::sparse, g).ns_per_mac * static_cast<double>(g.macs());
@@ -293,6 +293,11 @@ ConvCostModel ConvCostModel::load(const std::string& path) {
     bad_key(path, "threads", fmt::format("must be a non-negative integer (got {})", threads.dump()));
   m.threads = static_cast<int>(threads.get<int64_t>());
   m.reorder_ns_per_elem = non_negative(j, "reorder_ns_per_elem", path, "reorder_ns_per_elem");
+  if (j.contains("sparse_margin")) {  // optional (files written before it had none)
+    m.sparse_margin = non_negative(j, "sparse_margin", path, "sparse_margin");
+    if (!(m.sparse_margin < 0.5))
+      bad_key(path, "sparse_margin", fmt::format("must be below 0.5 (got {})", m.sparse_margin));
+  }
   read_coeffs(j, "", path, m.coeffs);
   // Optional: per-shape entries (`trainer calibrate --model`).
   if (const auto it = j.find("shapes"); it != j.end()) {
@@ -326,6 +331,7 @@ void ConvCostModel::save(const std::string& path) const {
   j["version"] = kFormatVersion;
   j["threads"] = threads;
   j["reorder_ns_per_elem"] = reorder_ns_per_elem;
+  j["sparse_margin"] = sparse_margin;
   write_coeffs(coeffs, j);
   if (!shapes.empty()) {
     json arr = json::array();

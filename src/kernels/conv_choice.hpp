@@ -79,6 +79,11 @@ struct ConvCostModel {
   int threads = 0;                   // the thread count it was calibrated with (0: unknown)
   std::string source;                // "built-in defaults (<backend>)" or the calibration file's path
   std::vector<ShapeCosts> shapes;    // per-shape coefficients (at most one entry per shape)
+  // How much faster the sparse estimate must be for choose() to leave oneDNN: where the two are within
+  // the model's error of each other, the dense fallback keeps the choice from being slower than dense.
+  // 0.05: the per-shape fits' errors on the 3x3 layers (1-6%, docs/sparse-training.md); in [0, 0.5).
+  double sparse_margin = kDefaultSparseMargin;
+  static constexpr double kDefaultSparseMargin = 0.05;
 
   // The per-shape entry for g's shape, or nullptr.
   const ShapeCosts* entry_for(const ConvGeom& g) const;
@@ -98,11 +103,13 @@ struct ConvCostModel {
   double estimate_ns(ConvPhase phase, ConvKernel kernel, const ConvGeom& g, double density,
                      bool reorder) const;
 
-  // The kernel with the lower estimate (dense on a tie). activations_nchw16n: the layout the activations
-  // are held in (NCHW16n favours sparse, nChw16c favours dense, through the reorder term).
+  // Sparse when its estimate is below dense's by more than sparse_margin (a fraction of dense's), else
+  // dense. activations_nchw16n: the layout the activations are held in (NCHW16n favours sparse, nChw16c
+  // favours dense, through the reorder term).
   ConvKernel choose(ConvPhase phase, const ConvGeom& g, double density, bool activations_nchw16n) const;
 
-  // The density below which choose() picks sparse (where the two estimates meet), clamped to [0, 1]:
+  // The density below which choose() picks sparse (where sparse's estimate meets (1 - sparse_margin)
+  // times dense's), clamped to [0, 1]:
   // 0 = never sparse, 1 = sparse even with all weights kept.
   double break_even_density(ConvPhase phase, const ConvGeom& g, bool activations_nchw16n) const;
   // The same with each kernel on its own layout (neither pays a reorder): what a benchmark timing the
@@ -132,7 +139,7 @@ struct ConvCostModel {
   // Coefficients, per-shape entries and thread count (not the source) are equal.
   bool same_coefficients(const ConvCostModel& o) const {
     return coeffs == o.coeffs && reorder_ns_per_elem == o.reorder_ns_per_elem && threads == o.threads &&
-           shapes == o.shapes;
+           shapes == o.shapes && sparse_margin == o.sparse_margin;
   }
 };
 

@@ -179,6 +179,8 @@ TEST(ConvChoice, BreakEvenDensityIsWhereTheChoiceFlips) {
 
 TEST(ConvChoice, BreakEvenEdgeCases) {
   ConvCostModel m;
+  EXPECT_EQ(m.sparse_margin, ConvCostModel::kDefaultSparseMargin);
+  m.sparse_margin = 0.0;  // the margin's own case is at the end
   m.at(ConvPhase::ff, ConvKernel::dense) = {1000, 1e-3, 0};
   // Sparse free per multiply but dearer per call: never; cheaper per call: always.
   m.at(ConvPhase::ff, ConvKernel::sparse) = {1e12, 0, 0};
@@ -200,6 +202,19 @@ TEST(ConvChoice, BreakEvenEdgeCases) {
               1e-12);
   EXPECT_NEAR(m.break_even_density(ConvPhase::ff, kMid, false), (500 + 1e-3 * M - 0.005 * E) / (2e-3 * M),
               1e-12);
+  // The margin: sparse must come in under (1 - margin) times dense, and the break-even moves with it.
+  m.reorder_ns_per_elem = 0.0;
+  m.sparse_margin = 0.1;
+  const double be = (0.9 * (1000 + 1e-3 * M) - 500) / (2e-3 * M);
+  EXPECT_NEAR(m.kernel_break_even_density(ConvPhase::ff, kMid), be, 1e-12);
+  EXPECT_EQ(m.choose(ConvPhase::ff, kMid, be - 0.005, true), ConvKernel::sparse);
+  EXPECT_EQ(m.choose(ConvPhase::ff, kMid, be + 0.005, true), ConvKernel::dense);
+  // Between the two break-evens sparse is estimated faster, but not by the margin: dense.
+  const double tie = (500 + 1e-3 * M) / (2e-3 * M);
+  ASSERT_GT(tie - be, 0.02);
+  EXPECT_LT(m.estimate_ns(ConvPhase::ff, ConvKernel::sparse, kMid, tie - 0.01, false),
+            m.estimate_ns(ConvPhase::ff, ConvKernel::dense, kMid, 1.0, false));
+  EXPECT_EQ(m.choose(ConvPhase::ff, kMid, tie - 0.01, true), ConvKernel::dense);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -247,8 +262,9 @@ TEST(ConvChoiceShapes, AnEntryServesItsShapeAtAnyBatchAndNoOtherShape) {
       // The reorder stays the model's own, per element.
       EXPECT_DOUBLE_EQ(m.estimate_ns(p, ConvKernel::dense, g, 1.0, true),
                        dense_per_mac * M + m.reorder_ns_per_elem * conv_activation_elems(p, g));
+      const double keep = 1.0 - m.sparse_margin;
       EXPECT_NEAR(m.kernel_break_even_density(p, g),
-                  std::clamp((dense_per_mac * M - 3000.0) / (0.02 * M), 0.0, 1.0), 1e-12);
+                  std::clamp((keep * dense_per_mac * M - 3000.0) / (0.02 * M), 0.0, 1.0), 1e-12);
     }
   }
   // Another shape (here only the stride differs) keeps the generic coefficients.
@@ -260,10 +276,12 @@ TEST(ConvChoiceShapes, AnEntryServesItsShapeAtAnyBatchAndNoOtherShape) {
       EXPECT_TRUE(m.coeffs_for(p, k, other) == generic.at(p, k));
     }
   // The choice follows the entry's numbers: in a pruned run (activations in NCHW16n, dense pays the
-  // reorder) sparse wins below (0.004 M + reorder - 3000) / (0.02 M).
+  // reorder) sparse wins below ((1 - margin) (0.004 M + reorder) - 3000) / (0.02 M).
   const double M = static_cast<double>(kMid.macs());
-  const double flip =
-      (0.004 * M + m.reorder_ns_per_elem * conv_activation_elems(ConvPhase::ff, kMid) - 3000.0) / (0.02 * M);
+  const double flip = ((1.0 - m.sparse_margin) *
+                           (0.004 * M + m.reorder_ns_per_elem * conv_activation_elems(ConvPhase::ff, kMid)) -
+                       3000.0) /
+                      (0.02 * M);
   ASSERT_GT(flip, 0.05);
   ASSERT_LT(flip, 0.95);
   EXPECT_EQ(m.choose(ConvPhase::ff, kMid, flip + 0.01, true), ConvKernel::dense);
@@ -280,6 +298,7 @@ TEST_F(ConvChoiceFile, SaveLoadRoundTrip) {
   m.at(ConvPhase::wg, ConvKernel::dense).ns_per_call = 1e-300;
   m.reorder_ns_per_elem = 0.1 + 0.2;
   m.threads = 7;
+  m.sparse_margin = 0.123;
   m.save(path("c.json"));
   EXPECT_FALSE(fs::exists(path("c.json.tmp")));
   const ConvCostModel back = ConvCostModel::load(path("c.json"));
@@ -333,6 +352,21 @@ TEST_F(ConvChoiceFile, LoadRejectsBadFilesNamingFileAndKey) {
   j.erase("reorder_ns_per_elem");
   spit(path("noreorder.json"), j.dump());
   EXPECT_NE(load_error(path("noreorder.json")).find("key 'reorder_ns_per_elem' missing"), std::string::npos);
+
+  j = good;
+  j["sparse_margin"] = 0.5;
+  spit(path("margin.json"), j.dump());
+  EXPECT_NE(load_error(path("margin.json")).find("key 'sparse_margin' must be below 0.5"), std::string::npos)
+      << load_error(path("margin.json"));
+  j["sparse_margin"] = -0.01;
+  spit(path("margin.json"), j.dump());
+  EXPECT_NE(load_error(path("margin.json")).find("key 'sparse_margin' must be a non-negative number"),
+            std::string::npos);
+  // Files written before the margin existed have none: the default.
+  j = good;
+  j.erase("sparse_margin");
+  spit(path("nomargin.json"), j.dump());
+  EXPECT_EQ(ConvCostModel::load(path("nomargin.json")).sparse_margin, ConvCostModel::kDefaultSparseMargin);
 
   j = good;
   j["version"] = 99;
