@@ -81,7 +81,7 @@ struct ConvCostModel {
   std::vector<ShapeCosts> shapes;    // per-shape coefficients (at most one entry per shape)
   // How much faster the sparse estimate must be for choose() to leave oneDNN: where the two are within
   // the model's error of each other, the dense fallback keeps the choice from being slower than dense.
-  // 0.05: the per-shape fits' errors on the 3x3 layers (1-6%, docs/sparse-training.md); in [0, 0.5).
+  // 0.05: within the per-shape fits' errors on the 3x3 layers (1-9%, docs/sparse-training.md); in [0, 0.5).
   double sparse_margin = kDefaultSparseMargin;
   static constexpr double kDefaultSparseMargin = 0.05;
 
