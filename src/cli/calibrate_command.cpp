@@ -14,7 +14,6 @@
 
 #include "cli/commands.hpp"
 #include "kernels/conv_choice.hpp"
-#include "nn/layers/conv2d.hpp"
 #include "nn/models.hpp"
 
 namespace trainer::cli {
@@ -55,29 +54,6 @@ Shape parse_input(const std::string& text) {
     throw UsageError(
         fmt::format("option --input: expected an image shape CxHxW (e.g. 3x32x32), got '{}'", text));
   return out;
-}
-
-// The distinct convolution shapes of a model for one image of `input`, in the order they first appear.
-std::vector<ConvShape> model_conv_shapes(const std::string& name, const Shape& input, int64_t width) {
-  ModelOptions mo;
-  mo.width = width;
-  const std::unique_ptr<Graph> g = build_model(name, input, 10, mo);
-  Shape batched = {1, input[0], input[1], input[2]};
-  std::vector<Shape> out_shapes(g->size());
-  std::vector<ConvShape> shapes;
-  for (size_t i = 0; i < g->size(); ++i) {
-    std::vector<Shape> in;
-    for (int j : g->inputs_of(static_cast<int>(i)))
-      in.push_back(j == Graph::kInput ? batched : out_shapes[j]);
-    const Layer& layer = g->layer(static_cast<int>(i));
-    out_shapes[i] = layer.infer_shape(in);
-    const auto* conv = dynamic_cast<const Conv2d*>(&layer);
-    if (!conv || in.size() != 1 || in[0].size() != 4) continue;
-    ConvShape s{conv->in_channels(), in[0][2],       in[0][3],       conv->out_channels(),
-                conv->kernel(),      conv->kernel(), conv->stride(), conv->padding()};
-    if (std::find(shapes.begin(), shapes.end(), s) == shapes.end()) shapes.push_back(s);
-  }
-  return shapes;
 }
 
 void check_range(int v, int lo, int hi, const char* option) {
@@ -184,11 +160,13 @@ Command add_calibrate_command(CLI::App& root) {
                   "Also measure this model's convolutions and give each shape coefficients of its own, "
                   "which then serve every layer of that shape (any batch); e.g. resnet18")
       ->type_name("NAME");
-  app->add_option("--width", args->width, "With --model: its first-stage channels (default: its usual width)")
-      ->type_name("N");
-  app->add_option("--input", args->input, "With --model: one image's shape (default: 1x28x28, Fashion-MNIST)")
-      ->type_name("CxHxW");
-  return {app, [args] {
+  CLI::Option* widthopt = app->add_option("--width", args->width,
+                                          "With --model: its first-stage channels (default: its usual width)")
+                              ->type_name("N");
+  CLI::Option* inputopt = app->add_option("--input", args->input,
+                                          "With --model: one image's shape (default: 1x28x28, Fashion-MNIST)")
+                              ->type_name("CxHxW");
+  return {app, [args, widthopt, inputopt] {
             check_range(args->threads, 1, 1024, "--threads");
             check_range(args->batch, 1, 4096, "--batch");
             check_range(args->repeats, 1, 1000, "--repeats");
@@ -198,11 +176,16 @@ Command add_calibrate_command(CLI::App& root) {
             o.batch = args->batch;
             o.repeats = args->repeats;
             o.quick = args->quick;
+            if (args->model.empty() && (widthopt->count() > 0 || inputopt->count() > 0))
+              throw UsageError("options --width and --input describe the model of --model; give --model too");
             if (!args->model.empty()) {
               if (args->width < 0 || args->width > 4096)
                 throw UsageError(
                     fmt::format("option --width: expected an integer in [0, 4096], got {}", args->width));
-              o.own_shapes = model_conv_shapes(args->model, parse_input(args->input), args->width);
+              ModelOptions mo;
+              mo.width = args->width;
+              const Shape image = parse_input(args->input);
+              o.own_shapes = conv_shapes(*build_model(args->model, image, 10, mo), image);
               fmt::print("{}: {} distinct convolution shapes for {} images, each fitted on its own\n",
                          args->model, o.own_shapes.size(), args->input);
             }

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <map>
 
 #include "core/error.hpp"
@@ -166,7 +167,9 @@ std::unique_ptr<Graph> vgg8(const Shape& in, int64_t classes, int64_t w) {
 
 }  // namespace
 
-std::vector<std::string> model_names() { return {"lenet5", "resnet8", "resnet14", "resnet20", "resnet18", "vgg8"}; }
+std::vector<std::string> model_names() {
+  return {"lenet5", "resnet8", "resnet14", "resnet20", "resnet18", "vgg8"};
+}
 
 std::unique_ptr<Graph> build_model(const std::string& name, const Shape& input, int64_t num_classes,
                                    const ModelOptions& options) {
@@ -196,6 +199,26 @@ std::unique_ptr<Graph> build_model(const std::string& name, const Shape& input, 
   Shape batch_shape{1, input[0], input[1], input[2]};
   g->check(batch_shape);
   return g;
+}
+
+std::vector<ConvShape> conv_shapes(const Graph& graph, const Shape& image) {
+  TRAINER_CHECK(image.size() == 3, "conv_shapes: expected one image's shape [C, H, W], got {}",
+                shape_str(image));
+  const Shape batched = {1, image[0], image[1], image[2]};
+  std::vector<Shape> out(graph.size());
+  std::vector<ConvShape> shapes;
+  for (size_t i = 0; i < graph.size(); ++i) {
+    std::vector<Shape> in;
+    for (int j : graph.inputs_of(static_cast<int>(i))) in.push_back(j == Graph::kInput ? batched : out[j]);
+    const Layer& layer = graph.layer(static_cast<int>(i));
+    out[i] = layer.infer_shape(in);
+    const auto* conv = dynamic_cast<const Conv2d*>(&layer);
+    if (!conv || in.size() != 1 || in[0].size() != 4) continue;
+    const ConvShape s{conv->in_channels(), in[0][2],       in[0][3],       conv->out_channels(),
+                      conv->kernel(),      conv->kernel(), conv->stride(), conv->padding()};
+    if (std::find(shapes.begin(), shapes.end(), s) == shapes.end()) shapes.push_back(s);
+  }
+  return shapes;
 }
 
 }  // namespace trainer

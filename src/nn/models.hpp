@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/conv_choice.hpp"
 #include "nn/graph.hpp"
 
 namespace trainer {
@@ -21,5 +22,10 @@ struct ModelOptions {
 std::unique_ptr<Graph> build_model(const std::string& name, const Shape& input, int64_t num_classes,
                                    const ModelOptions& options = {});
 std::vector<std::string> model_names();
+
+// The distinct convolution shapes of a graph for one image of `image` ([C, H, W]), in the order the
+// layers come (what `trainer calibrate --model` measures, and what a calibration's per-shape entries
+// are matched against).
+std::vector<ConvShape> conv_shapes(const Graph& graph, const Shape& image);
 
 }  // namespace trainer

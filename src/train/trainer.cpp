@@ -35,6 +35,17 @@ struct Data {
   Dataset train, test;
 };
 
+// For a calibration with per-shape entries: how many of this model's convolution shapes have one (the
+// others use the generic coefficients), so that a file calibrated for another model or input size shows.
+std::string cost_model_shapes_note(const ConvCostModel& m, const Graph& graph, const Shape& image) {
+  if (m.shapes.empty()) return "";
+  const std::vector<ConvShape> shapes = conv_shapes(graph, image);
+  int64_t matched = 0;
+  for (const ConvShape& s : shapes)
+    for (const ShapeCosts& e : m.shapes) matched += e.shape == s;
+  return fmt::format(", with entries for {} of this model's {} convolution shapes", matched, shapes.size());
+}
+
 Data load_data(const RunConfig& cfg) {
   Data d;
   if (cfg.data == "fashion-mnist") {
@@ -227,7 +238,7 @@ void add_dense_estimates(std::map<std::pair<int32_t, Phase>, double>& into, cons
   for (const Op& op : ops) {
     if (op.kind != "conv2d" || static_cast<int>(op.phase) > 2) continue;
     const ConvGeom g{op.x_shape[0], op.x_shape[1], op.x_shape[2], op.x_shape[3], op.w_shape[0],
-                     op.w_shape[2],  op.w_shape[3], op.stride[0],  op.pad[0]};
+                     op.w_shape[2], op.w_shape[3], op.stride[0],  op.pad[0]};
     into[{op.layer, op.phase}] +=
         cost.estimate_ns(static_cast<ConvPhase>(op.phase), ConvKernel::dense, g, 1.0, /*reorder=*/false);
   }
@@ -296,8 +307,8 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
   info.classes = classes;
   info.recipe = recipe_json(cfg);
 
-  ConvCostModel cost_model = cfg.calibration.empty() ? ConvCostModel::defaults()
-                                                     : ConvCostModel::load(cfg.calibration);
+  ConvCostModel cost_model =
+      cfg.calibration.empty() ? ConvCostModel::defaults() : ConvCostModel::load(cfg.calibration);
   if (!cfg.calibration.empty() && cost_model.threads > 0 && cost_model.threads != cfg.threads)
     fmt::print(stderr,
                "warning: the kernel cost model '{}' was calibrated with {} threads and this run uses {}; the "
@@ -359,12 +370,13 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
              cfg.epochs, steps_per_epoch, cfg.batch_size, cfg.lr, cfg.momentum,
              cfg.nesterov ? " (nesterov)" : "", cfg.weight_decay, cfg.schedule, cfg.threads, cfg.seed);
   if (policy)
-    fmt::print(out,
-               "pruning: {} to {:.0f}% weight sparsity ({} distribution, mask updates every {} steps from step {} "
-               "to {}); kernels {} ({}, cost model: {})\n",
-               cfg.prune, 100.0 * cfg.sparsity, cfg.prune_distribution, cfg.prune_every, policy->begin_step(),
-               policy->end_step(), cfg.kernels, sparse_layout ? "NCHW16n activations" : "oneDNN on nChw16c",
-               cost_model.source);
+    fmt::print(
+        out,
+        "pruning: {} to {:.0f}% weight sparsity ({} distribution, mask updates every {} steps from step {} "
+        "to {}); kernels {} ({}, cost model: {})\n",
+        cfg.prune, 100.0 * cfg.sparsity, cfg.prune_distribution, cfg.prune_every, policy->begin_step(),
+        policy->end_step(), cfg.kernels, sparse_layout ? "NCHW16n activations" : "oneDNN on nChw16c",
+        cost_model.source + cost_model_shapes_note(cost_model, *graph, image));
   if (start_epoch > 0) fmt::print(out, "resumed from '{}' after epoch {}\n", cfg.resume, start_epoch);
   std::fflush(out);
 
@@ -505,9 +517,10 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
                  : std::string("test -");
     const std::string sparsity_part =
         policy ? fmt::format("  sparsity {:.1f}%", 100.0 * policy->sparsity()) : std::string();
-    fmt::print(out, "epoch {:>3}/{}  train loss {:.4f} acc {:6.2f}%  {}  lr {:.4g}{}  {:.0f} img/s  {:.1f} s\n",
-               epoch + 1, cfg.epochs, result.train_loss, 100.0 * result.train_acc, test_part, lr, sparsity_part,
-               static_cast<double>(seen) / train_s, seconds);
+    fmt::print(out,
+               "epoch {:>3}/{}  train loss {:.4f} acc {:6.2f}%  {}  lr {:.4g}{}  {:.0f} img/s  {:.1f} s\n",
+               epoch + 1, cfg.epochs, result.train_loss, 100.0 * result.train_acc, test_part, lr,
+               sparsity_part, static_cast<double>(seen) / train_s, seconds);
     std::fflush(out);
 
     if (!cfg.checkpoint.empty()) {
@@ -541,8 +554,9 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
     fmt::print(out, "\nper-layer work and time over the run's training steps:\n{}",
                format_op_summary(ops, static_cast<uint64_t>(result.images)));
   if (cfg.ops_summary && result.images > 0 && sparse_layout)
-    fmt::print(out, "\nsparse work per layer and phase (shares of the dense multiplies; GMAC/s = dense-equivalent "
-                    "rate):\n{}",
+    fmt::print(out,
+               "\nsparse work per layer and phase (shares of the dense multiplies; GMAC/s = dense-equivalent "
+               "rate):\n{}",
                format_sparse_summary(ops, static_cast<uint64_t>(result.images), &dense_estimate));
   if (cfg.ops_summary && result.images > 0 && sparse_layout)
     fmt::print(out,

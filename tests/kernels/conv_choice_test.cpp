@@ -709,6 +709,23 @@ TEST_F(ConvChoiceFile, CalibrateCommandGivesAModelsShapesTheirOwnEntries) {
   EXPECT_EQ(names, expected) << slurp(log);
   EXPECT_NE(slurp(log).find("resnet8: 8 distinct convolution shapes"), std::string::npos) << slurp(log);
 
+  // A pruned run says how many of its shapes the file has entries for: all of the model calibrated, none
+  // at another input size.
+  const std::string train =
+      std::string(TRAINER_BINARY) +
+      " train --model resnet8 --width 8 --data synthetic --synthetic-size 64 --batch-size 16 "
+      "--epochs 1 --max-steps 1 --prune magnitude --sparsity 0.5 --threads 2 --progress off "
+      "--no-ops-summary --calibration " +
+      out + " --synthetic-shape ";
+  ASSERT_EQ(run(train + "1x12x12 >" + log + " 2>&1"), 0) << slurp(log);
+  EXPECT_NE(
+      slurp(log).find("cost model: " + out + ", with entries for 8 of this model's 8 convolution shapes"),
+      std::string::npos)
+      << slurp(log);
+  ASSERT_EQ(run(train + "1x16x16 >" + log + " 2>&1"), 0) << slurp(log);
+  EXPECT_NE(slurp(log).find("with entries for 0 of this model's 8 convolution shapes"), std::string::npos)
+      << slurp(log);
+
   EXPECT_EQ(run(std::string(TRAINER_BINARY) + " calibrate --quick --model resnet8 --input 1x12 --out " + out +
                 " >" + log + " 2>&1"),
             2);
@@ -718,6 +735,10 @@ TEST_F(ConvChoiceFile, CalibrateCommandGivesAModelsShapesTheirOwnEntries) {
                 log + " 2>&1"),
             0);
   EXPECT_NE(slurp(log).find("nosuchnet"), std::string::npos) << slurp(log);
+  EXPECT_EQ(run(std::string(TRAINER_BINARY) + " calibrate --quick --input 3x32x32 --out " + out + " >" + log +
+                " 2>&1"),
+            2);
+  EXPECT_NE(slurp(log).find("give --model too"), std::string::npos) << slurp(log);
 }
 
 }  // namespace
