@@ -103,6 +103,10 @@ ConvKernel ConvCostModel::choose(ConvPhase phase, const ConvGeom& g, double dens
                                  bool activations_nchw16n) const {
   const double dense = estimate_ns(phase, ConvKernel::dense, g, 1.0, activations_nchw16n);
   const double sparse = estimate_ns(phase, ConvKernel::sparse, g, density, !activations_nchw16n);
+  // The kernel that needs no conversion keeps the call unless the other is estimated faster by the
+  // margin: in a pruned run (NCHW16n) that is the sparse kernel, else oneDNN.
+  if (activations_nchw16n)
+    return dense < sparse * (1.0 - sparse_margin) ? ConvKernel::dense : ConvKernel::sparse;
   return sparse < dense * (1.0 - sparse_margin) ? ConvKernel::sparse : ConvKernel::dense;
 }
 
@@ -116,7 +120,12 @@ double ConvCostModel::kernel_break_even_density(ConvPhase phase, const ConvGeom&
 
 double ConvCostModel::break_even(ConvPhase phase, const ConvGeom& g, bool dense_reorders,
                                  bool sparse_reorders) const {
-  const double dense = (1.0 - sparse_margin) * estimate_ns(phase, ConvKernel::dense, g, 1.0, dense_reorders);
+  // Sparse is chosen below the density where its estimate meets dense's scaled by the margin: dense's
+  // times (1 - margin) where oneDNN holds the call (it needs no conversion, or neither does), divided by
+  // it where the sparse kernel does (dense pays the reorder).
+  const bool sparse_holds = dense_reorders && !sparse_reorders;
+  const double est = estimate_ns(phase, ConvKernel::dense, g, 1.0, dense_reorders);
+  const double dense = sparse_holds ? est / (1.0 - sparse_margin) : est * (1.0 - sparse_margin);
   const double fixed = estimate_ns(phase, ConvKernel::sparse, g, 0.0, sparse_reorders);
   const double per_density =
       coeffs_for(phase, ConvKernel::sparse, g).ns_per_mac * static_cast<double>(g.macs());

@@ -79,8 +79,11 @@ struct ConvCostModel {
   int threads = 0;                   // the thread count it was calibrated with (0: unknown)
   std::string source;                // "built-in defaults (<backend>)" or the calibration file's path
   std::vector<ShapeCosts> shapes;    // per-shape coefficients (at most one entry per shape)
-  // How much faster the sparse estimate must be for choose() to leave oneDNN: where the two are within
-  // the model's error of each other, the dense fallback keeps the choice from being slower than dense.
+  // How much faster the other kernel's estimate must be for choose() to leave the one that needs no layout
+  // conversion (the sparse kernel in a pruned run, whose activations are NCHW16n; oneDNN otherwise, and
+  // where each kernel is timed on its own layout, as in the kernel bench): where the two are within the
+  // model's error of each other, the choice stays, so that the dense fallback keeps the choice from being
+  // slower than oneDNN on its own layout, and a pruned run does not pay reorders for an estimated gain.
   // 0.05: within the per-shape fits' errors on the 3x3 layers (1-9%, docs/sparse-training.md); in [0, 0.5).
   double sparse_margin = kDefaultSparseMargin;
   static constexpr double kDefaultSparseMargin = 0.05;
@@ -103,17 +106,18 @@ struct ConvCostModel {
   double estimate_ns(ConvPhase phase, ConvKernel kernel, const ConvGeom& g, double density,
                      bool reorder) const;
 
-  // Sparse when its estimate is below dense's by more than sparse_margin (a fraction of dense's), else
-  // dense. activations_nchw16n: the layout the activations are held in (NCHW16n favours sparse, nChw16c
-  // favours dense, through the reorder term).
+  // The kernel with the lower estimate, where the kernel on the activations' own layout keeps the call
+  // unless the other is estimated faster by sparse_margin (a fraction of the incumbent's estimate).
+  // activations_nchw16n: the layout the activations are held in (NCHW16n: the sparse kernel holds the
+  // call, and oneDNN would pay a reorder each way; nChw16c: oneDNN holds it, and sparse would pay).
   ConvKernel choose(ConvPhase phase, const ConvGeom& g, double density, bool activations_nchw16n) const;
 
-  // The density below which choose() picks sparse (where sparse's estimate meets (1 - sparse_margin)
-  // times dense's), clamped to [0, 1]:
+  // The density below which choose() picks sparse (where sparse's estimate meets dense's scaled by the
+  // margin, as choose() has it), clamped to [0, 1]:
   // 0 = never sparse, 1 = sparse even with all weights kept.
   double break_even_density(ConvPhase phase, const ConvGeom& g, bool activations_nchw16n) const;
-  // The same with each kernel on its own layout (neither pays a reorder): what a benchmark timing the
-  // two kernels side by side measures.
+  // The same with each kernel on its own layout (neither pays a reorder; oneDNN holds the call): what a
+  // benchmark timing the two kernels side by side measures.
   double kernel_break_even_density(ConvPhase phase, const ConvGeom& g) const;
 
   // The built-in model of this machine (builtin_set()): 2 threads, fitted on a machine of that kind;
@@ -133,7 +137,8 @@ struct ConvCostModel {
   // Writes atomically (PATH.tmp, then rename); throws trainer::Error naming the file on failure.
   void save(const std::string& path) const;
 
-  // Where the estimates meet when the dense / the sparse kernel pays the reorder, clamped to [0, 1].
+  // Where the estimates meet, scaled by the margin, when the dense / the sparse kernel pays the reorder
+  // (the sparse kernel holds the call when only dense pays; oneDNN otherwise), clamped to [0, 1].
   double break_even(ConvPhase phase, const ConvGeom& g, bool dense_reorders, bool sparse_reorders) const;
 
   // Coefficients, per-shape entries and thread count (not the source) are equal.

@@ -202,19 +202,32 @@ TEST(ConvChoice, BreakEvenEdgeCases) {
               1e-12);
   EXPECT_NEAR(m.break_even_density(ConvPhase::ff, kMid, false), (500 + 1e-3 * M - 0.005 * E) / (2e-3 * M),
               1e-12);
-  // The margin: sparse must come in under (1 - margin) times dense, and the break-even moves with it.
+  // The margin: the kernel on the activations' own layout keeps the call unless the other is estimated
+  // faster by it. Activations in nChw16c (or each kernel on its own layout): oneDNN holds it, and sparse
+  // must come in under (1 - margin) times dense.
   m.reorder_ns_per_elem = 0.0;
   m.sparse_margin = 0.1;
   const double be = (0.9 * (1000 + 1e-3 * M) - 500) / (2e-3 * M);
   EXPECT_NEAR(m.kernel_break_even_density(ConvPhase::ff, kMid), be, 1e-12);
-  EXPECT_EQ(m.choose(ConvPhase::ff, kMid, be - 0.005, true), ConvKernel::sparse);
-  EXPECT_EQ(m.choose(ConvPhase::ff, kMid, be + 0.005, true), ConvKernel::dense);
-  // Between the two break-evens sparse is estimated faster, but not by the margin: dense.
+  EXPECT_NEAR(m.break_even_density(ConvPhase::ff, kMid, false), be, 1e-12);
+  EXPECT_EQ(m.choose(ConvPhase::ff, kMid, be - 0.005, false), ConvKernel::sparse);
+  EXPECT_EQ(m.choose(ConvPhase::ff, kMid, be + 0.005, false), ConvKernel::dense);
+  // Between that and where the estimates meet, sparse is estimated faster, but not by the margin: dense.
   const double tie = (500 + 1e-3 * M) / (2e-3 * M);
   ASSERT_GT(tie - be, 0.02);
   EXPECT_LT(m.estimate_ns(ConvPhase::ff, ConvKernel::sparse, kMid, tie - 0.01, false),
             m.estimate_ns(ConvPhase::ff, ConvKernel::dense, kMid, 1.0, false));
-  EXPECT_EQ(m.choose(ConvPhase::ff, kMid, tie - 0.01, true), ConvKernel::dense);
+  EXPECT_EQ(m.choose(ConvPhase::ff, kMid, tie - 0.01, false), ConvKernel::dense);
+  // Activations in NCHW16n (a pruned run): the sparse kernel holds the call, and oneDNN must come in under
+  // (1 - margin) times sparse; past the tie, sparse is estimated slower, but not by the margin: sparse.
+  const double be16n = ((1000 + 1e-3 * M) / 0.9 - 500) / (2e-3 * M);
+  EXPECT_NEAR(m.break_even_density(ConvPhase::ff, kMid, true), be16n, 1e-12);
+  EXPECT_EQ(m.choose(ConvPhase::ff, kMid, be16n - 0.005, true), ConvKernel::sparse);
+  EXPECT_EQ(m.choose(ConvPhase::ff, kMid, be16n + 0.005, true), ConvKernel::dense);
+  ASSERT_GT(be16n - tie, 0.02);
+  EXPECT_GT(m.estimate_ns(ConvPhase::ff, ConvKernel::sparse, kMid, tie + 0.01, false),
+            m.estimate_ns(ConvPhase::ff, ConvKernel::dense, kMid, 1.0, false));
+  EXPECT_EQ(m.choose(ConvPhase::ff, kMid, tie + 0.01, true), ConvKernel::sparse);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -276,10 +289,11 @@ TEST(ConvChoiceShapes, AnEntryServesItsShapeAtAnyBatchAndNoOtherShape) {
       EXPECT_TRUE(m.coeffs_for(p, k, other) == generic.at(p, k));
     }
   // The choice follows the entry's numbers: in a pruned run (activations in NCHW16n, dense pays the
-  // reorder) sparse wins below ((1 - margin) (0.004 M + reorder) - 3000) / (0.02 M).
+  // reorder; the sparse kernel holds the call) sparse stays below
+  // ((0.004 M + reorder) / (1 - margin) - 3000) / (0.02 M).
   const double M = static_cast<double>(kMid.macs());
-  const double flip = ((1.0 - m.sparse_margin) *
-                           (0.004 * M + m.reorder_ns_per_elem * conv_activation_elems(ConvPhase::ff, kMid)) -
+  const double flip = ((0.004 * M + m.reorder_ns_per_elem * conv_activation_elems(ConvPhase::ff, kMid)) /
+                           (1.0 - m.sparse_margin) -
                        3000.0) /
                       (0.02 * M);
   ASSERT_GT(flip, 0.05);
