@@ -4,7 +4,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -15,6 +14,7 @@
 #include "cli/commands.hpp"
 #include "kernels/conv_choice.hpp"
 #include "nn/models.hpp"
+#include "train/config.hpp"
 
 namespace trainer::cli {
 
@@ -30,31 +30,6 @@ struct CalibrateArgs {
   int64_t width = 0;              // the model's first-stage channels (0: its usual width)
   std::string input = "1x28x28";  // one image, CxHxW
 };
-
-// "CxHxW" with positive sizes; a UsageError naming the option otherwise.
-Shape parse_input(const std::string& text) {
-  Shape out;
-  std::string part;
-  for (size_t i = 0; i <= text.size(); ++i) {
-    if (i == text.size() || text[i] == 'x') {
-      int64_t v = 0;
-      const auto [p, ec] = std::from_chars(part.data(), part.data() + part.size(), v);
-      if (part.empty() || ec != std::errc() || p != part.data() + part.size() || v <= 0 || v > 4096)
-        throw UsageError(
-            fmt::format("option --input: expected an image shape CxHxW of sizes in [1, 4096] "
-                        "(e.g. 3x32x32), got '{}'",
-                        text));
-      out.push_back(v);
-      part.clear();
-    } else {
-      part += text[i];
-    }
-  }
-  if (out.size() != 3)
-    throw UsageError(
-        fmt::format("option --input: expected an image shape CxHxW (e.g. 3x32x32), got '{}'", text));
-  return out;
-}
 
 void check_range(int v, int lo, int hi, const char* option) {
   if (v < lo || v > hi)
@@ -184,7 +159,12 @@ Command add_calibrate_command(CLI::App& root) {
                     fmt::format("option --width: expected an integer in [0, 4096], got {}", args->width));
               ModelOptions mo;
               mo.width = args->width;
-              const Shape image = parse_input(args->input);
+              Shape image;
+              try {
+                image = parse_image_shape(args->input, "option --input");
+              } catch (const Error& e) {
+                throw UsageError(e.what());
+              }
               o.own_shapes = conv_shapes(*build_model(args->model, image, 10, mo), image);
               fmt::print("{}: {} distinct convolution shapes for {} images, each fitted on its own\n",
                          args->model, o.own_shapes.size(), args->input);

@@ -56,27 +56,6 @@ std::string parse_choice(const std::string& text, const std::string& where,
   expected(where, "one of " + list, text);
 }
 
-// "CxHxW" (or "C,H,W").
-Shape parse_image_shape(const std::string& text, const std::string& where) {
-  const std::string what = "an image shape CxHxW of positive sizes (e.g. 3x32x32)";
-  Shape out;
-  std::string part;
-  for (size_t i = 0; i <= text.size(); ++i) {
-    if (i == text.size() || text[i] == 'x' || text[i] == ',') {
-      int64_t v = 0;
-      auto [p, ec] = std::from_chars(part.data(), part.data() + part.size(), v);
-      if (part.empty() || ec != std::errc() || p != part.data() + part.size() || v <= 0 || v > 4096)
-        expected(where, what, text);
-      out.push_back(v);
-      part.clear();
-    } else {
-      part += text[i];
-    }
-  }
-  if (out.size() != 3) expected(where, what, text);
-  return out;
-}
-
 std::string fmt_double(double v) { return fmt::format("{}", v); }
 
 constexpr int64_t kMaxInt = int64_t{1} << 40;
@@ -372,6 +351,26 @@ const char* node_kind(const YAML::Node& n) {
 }
 
 }  // namespace
+
+Shape parse_image_shape(const std::string& text, const std::string& where) {
+  const std::string what = "an image shape CxHxW of positive sizes (e.g. 3x32x32)";
+  Shape out;
+  std::string part;
+  for (size_t i = 0; i <= text.size(); ++i) {
+    if (i == text.size() || text[i] == 'x' || text[i] == ',') {
+      int64_t v = 0;
+      auto [p, ec] = std::from_chars(part.data(), part.data() + part.size(), v);
+      if (part.empty() || ec != std::errc() || p != part.data() + part.size() || v <= 0 || v > 4096)
+        expected(where, what, text);
+      out.push_back(v);
+      part.clear();
+    } else {
+      part += text[i];
+    }
+  }
+  if (out.size() != 3) expected(where, what, text);
+  return out;
+}
 
 const std::vector<ConfigKey>& config_keys() {
   static const std::vector<ConfigKey> keys = [] {

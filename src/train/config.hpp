@@ -57,13 +57,13 @@ struct RunConfig {
   double initial_sparsity = 0.0;           // magnitude, dns: start of the cubic schedule
   std::string prune_distribution = "erk";  // uniform | erk | global
   int64_t prune_every = 100;               // ΔT: steps between mask updates
-  double prune_begin = -1.0;      // fraction of the run where pruning starts; < 0: the policy's default
-  double prune_end = -1.0;        // fraction of the run where the schedule ends / rigl stops; < 0: default
-  double rigl_alpha = 0.3;        // rigl: initial drop fraction
+  double prune_begin = -1.0;  // fraction of the run where pruning starts; < 0: the policy's default
+  double prune_end = -1.0;    // fraction of the run where the schedule ends / rigl stops; < 0: default
+  double rigl_alpha = 0.3;    // rigl: initial drop fraction
   std::string dns_surgery = "always";  // dns: always (prune and splice to the last step) | schedule
-  bool prune_first_last = false;  // also prune the first conv and the last linear (kept dense otherwise)
-  std::string kernels = "auto";   // auto | dense | sparse: which conv kernels a sparse run may use
-  std::string calibration;        // cost model from `trainer calibrate`; empty: built-in defaults
+  bool prune_first_last = false;       // also prune the first conv and the last linear (kept dense otherwise)
+  std::string kernels = "auto";        // auto | dense | sparse: which conv kernels a sparse run may use
+  std::string calibration;             // cost model from `trainer calibrate`; empty: built-in defaults
 };
 
 // One configuration key: its recipe key, command-line option and documentation.
@@ -81,6 +81,10 @@ void set_config_value(RunConfig& cfg, const std::string& key, const std::string&
                       const std::string& where);
 // The value of a key as text (how --help shows defaults; "" for an unset path).
 std::string config_value(const RunConfig& cfg, const std::string& key);
+
+// "CxHxW" (or "C,H,W"), each size in [1, 4096]: one image's shape. A trainer::Error naming `where`
+// ("option --synthetic-shape") and the text otherwise.
+Shape parse_image_shape(const std::string& text, const std::string& where);
 
 // Applies the keys of a YAML recipe file over cfg.
 void load_config_file(const std::string& path, RunConfig& cfg);

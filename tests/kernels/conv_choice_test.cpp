@@ -504,6 +504,30 @@ TEST(ConvChoiceFit, FewerPointsThanUnknownsAndNone) {
   EXPECT_THROW(fit_kernel_coeffs({{1e6, 1e4, 0.0}}), Error);
 }
 
+// Samples of one shape as `from` predicts them: dense, then sparse at each of data.densities, per phase.
+void add_samples(CalibrationData& data, const ConvGeom& g, const ConvCostModel& from, bool generic,
+                 bool own) {
+  for (ConvPhase p : kPhases) {
+    CalibrationSample s;
+    s.geom = g;
+    s.phase = p;
+    s.generic = generic;
+    s.own_entry = own;
+    s.activation_elems = conv_activation_elems(p, g);
+    s.kernel = ConvKernel::dense;
+    s.executed_macs = static_cast<double>(g.macs());
+    s.ns = from.estimate_ns(p, ConvKernel::dense, g, 1.0, false);
+    data.samples.push_back(s);
+    for (double d : data.densities) {
+      s.kernel = ConvKernel::sparse;
+      s.weight_density = d;
+      s.executed_macs = d * static_cast<double>(g.macs());
+      s.ns = from.estimate_ns(p, ConvKernel::sparse, g, d, false);
+      data.samples.push_back(s);
+    }
+  }
+}
+
 TEST(ConvChoiceFit, FitCostModelRecoversAModelFromItsOwnPredictions) {
   const ConvCostModel truth = ConvCostModel::defaults();
   CalibrationData data;
@@ -511,25 +535,13 @@ TEST(ConvChoiceFit, FitCostModelRecoversAModelFromItsOwnPredictions) {
   data.batch = 64;
   data.densities = {1.0, 0.5, 0.1};
   for (const ConvGeom& g : {kMid, geom(64, 16, 28, 16, 3, 1, 1), geom(64, 64, 7, 64, 3, 1, 1),
-                            geom(64, 16, 28, 32, 1, 2, 0), geom(64, 32, 14, 64, 3, 2, 1)})
+                            geom(64, 16, 28, 32, 1, 2, 0), geom(64, 32, 14, 64, 3, 2, 1)}) {
+    add_samples(data, g, truth, /*generic=*/true, /*own=*/false);
     for (ConvPhase p : kPhases) {
-      CalibrationSample s;
-      s.geom = g;
-      s.phase = p;
-      s.activation_elems = conv_activation_elems(p, g);
-      s.kernel = ConvKernel::dense;
-      s.executed_macs = static_cast<double>(g.macs());
-      s.ns = truth.estimate_ns(p, ConvKernel::dense, g, 1.0, false);
-      data.samples.push_back(s);
-      for (double d : data.densities) {
-        s.kernel = ConvKernel::sparse;
-        s.weight_density = d;
-        s.executed_macs = d * static_cast<double>(g.macs());
-        s.ns = truth.estimate_ns(p, ConvKernel::sparse, g, d, false);
-        data.samples.push_back(s);
-      }
-      data.reorders.push_back({s.activation_elems, truth.reorder_ns_per_elem * s.activation_elems});
+      const double elems = conv_activation_elems(p, g);
+      data.reorders.push_back({elems, truth.reorder_ns_per_elem * elems});
     }
+  }
   const ConvCostModel fit = fit_cost_model(data, nullptr);
   EXPECT_EQ(fit.threads, 3);
   EXPECT_NEAR(fit.reorder_ns_per_elem, truth.reorder_ns_per_elem, 1e-9 * truth.reorder_ns_per_elem);
@@ -546,37 +558,16 @@ TEST(ConvChoiceFit, OwnShapesGetEntriesAndLeaveTheGenericFitAlone) {
   data.threads = 2;
   data.batch = 64;
   data.densities = {1.0, 0.5, 0.1};
-  auto add_shape = [&](const ConvGeom& g, bool generic, bool own, const ConvCostModel& from) {
-    for (ConvPhase p : kPhases) {
-      CalibrationSample s;
-      s.geom = g;
-      s.phase = p;
-      s.generic = generic;
-      s.own_entry = own;
-      s.activation_elems = conv_activation_elems(p, g);
-      s.kernel = ConvKernel::dense;
-      s.executed_macs = static_cast<double>(g.macs());
-      s.ns = from.estimate_ns(p, ConvKernel::dense, g, 1.0, false);
-      data.samples.push_back(s);
-      for (double d : data.densities) {
-        s.kernel = ConvKernel::sparse;
-        s.weight_density = d;
-        s.executed_macs = d * static_cast<double>(g.macs());
-        s.ns = from.estimate_ns(p, ConvKernel::sparse, g, d, false);
-        data.samples.push_back(s);
-      }
-    }
-  };
   for (const ConvGeom& g : {geom(64, 16, 28, 16, 3, 1, 1), geom(64, 64, 7, 64, 3, 1, 1),
                             geom(64, 16, 28, 32, 1, 2, 0), geom(64, 32, 14, 64, 3, 2, 1)})
-    add_shape(g, true, false, truth);
-  add_shape(kMid, true, true, truth);  // a built-in shape that is also one of the model's
+    add_samples(data, g, truth, true, false);
+  add_samples(data, kMid, truth, true, true);  // a built-in shape that is also one of the model's
   // A shape only the model has, timed as the entry model says (far from the generic coefficients):
   // it must not move the generic fit.
   ConvCostModel odd = with_mid_entry();
   const ConvGeom wide = geom(64, 512, 4, 512, 3, 1, 1);
   odd.shapes[0].shape = ConvShape::of(wide);
-  add_shape(wide, false, true, odd);
+  add_samples(data, wide, odd, false, true);
 
   const ConvCostModel fit = fit_cost_model(data, nullptr);
   ASSERT_EQ(fit.shapes.size(), 2u);
