@@ -73,6 +73,11 @@ struct VecScalar {
     for (int l = 0; l < kLanes; ++l) r.v[l] = a.v[l] + b.v[l];
     return r;
   }
+  static R sub(const R& a, const R& b) {
+    R r;
+    for (int l = 0; l < kLanes; ++l) r.v[l] = a.v[l] - b.v[l];
+    return r;
+  }
   static R where_positive(const R& m, const R& a) {  // a where m > 0, else 0
     R r;
     for (int l = 0; l < kLanes; ++l) r.v[l] = m.v[l] > 0.0f ? a.v[l] : 0.0f;
@@ -128,6 +133,7 @@ struct VecAvx512 {
   static R bcast(float x) { return _mm512_set1_ps(x); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
+  static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
   static R max0(R a) { return _mm512_max_ps(a, _mm512_setzero_ps()); }
   static R where_positive(R m, R a) {
     return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(m, _mm512_setzero_ps(), _CMP_GT_OQ), a);
@@ -185,6 +191,7 @@ struct VecAvx2 {
     return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
   }
   static R add(R a, R b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
+  static R sub(R a, R b) { return {_mm256_sub_ps(a.lo, b.lo), _mm256_sub_ps(a.hi, b.hi)}; }
   static R max0(R a) {
     const __m256 z = _mm256_setzero_ps();
     return {_mm256_max_ps(a.lo, z), _mm256_max_ps(a.hi, z)};
@@ -464,6 +471,12 @@ struct TileCtx {
   bool first = false, last = false;
   const float* bias = nullptr;
   float* stats = nullptr;  // [Cout][32]: per-lane Σy (0..15), Σy² (16..31) of the current block
+  // BP grad sums (kStats 2 and 3; ConvEpilogue::bn_x): the batch norm's input for this image block, its
+  // mean, and its fused ReLU's scale and shift (kStats 3). stats then holds Σm·dx, Σm·dx·(x - mean).
+  const float* gx_nb = nullptr;
+  const float* gmean = nullptr;
+  const float* gscale = nullptr;
+  const float* gshift = nullptr;
   int64_t lanes = kLanes;
   const uint8_t* keep = nullptr;  // output mask of this image block: [Cout][Hout][Wout]
   bool count_tiles = false;
@@ -473,7 +486,9 @@ struct TileCtx {
 
 // All full TP x TQ tiles in rows [ra, rb) and columns [ja, jb) of the current phase, for every output
 // channel of this thread; output channels innermost so that the tile's slab region stays in L1.
-template <class V, int TP, int TQ, int IST, bool kBias, bool kStats>
+// kStats: what the epilogue sums into c.stats: 0 nothing; 1 Σy and Σy² (FF, ConvEpilogue::sum); 2 a batch
+// norm's gradient sums Σdx and Σdx·(x - mean) (BP, ConvEpilogue::bn_x); 3 the same through its ReLU's mask.
+template <class V, int TP, int TQ, int IST, bool kBias, int kStats>
 void tile_rect(const TileCtx& c, int64_t ra, int64_t rb, int64_t ja, int64_t jb) {
   using R = typename V::R;
   constexpr int T = TP * TQ;
@@ -537,7 +552,7 @@ void tile_rect(const TileCtx& c, int64_t ra, int64_t rb, int64_t ja, int64_t jb)
             if (!km[(t / TQ) * c.Wout + t % TQ]) acc[t] = V::zero();
         if (kBias && c.lanes < kLanes)
           for (int t = 0; t < T; ++t) acc[t] = V::first_lanes(acc[t], c.lanes);
-        if constexpr (kStats) {
+        if constexpr (kStats == 1) {
           R s = acc[0], q = V::fma(acc[0], acc[0], V::zero());
           for (int t = 1; t < T; ++t) {
             s = V::add(s, acc[t]);
@@ -562,6 +577,31 @@ void tile_rect(const TileCtx& c, int64_t ra, int64_t rb, int64_t ja, int64_t jb)
             V::prefetch_l2(m, y_next + (t / TQ) * y_row + (t % TQ) * y_col);
           }
         }
+        if constexpr (kStats >= 2) {  // the final gradient: a batch norm's sums of it (ConvEpilogue::bn_x)
+          const float* xg = c.gx_nb + o * c.out_plane + y_off;
+          const R mean = V::bcast(c.gmean[o]);
+          R d[T];
+#pragma GCC unroll 16
+          for (int t = 0; t < T; ++t) d[t] = acc[t];
+          if constexpr (kStats == 3) {  // through its fused ReLU's mask
+            const R sc = V::bcast(c.gscale[o]), sh = V::bcast(c.gshift[o]);
+#pragma GCC unroll 16
+            for (int t = 0; t < T; ++t)
+              d[t] = V::where_positive(V::fma(sc, V::load(xg + (t / TQ) * y_row + (t % TQ) * y_col), sh), d[t]);
+          }
+          if (c.lanes < kLanes)
+            for (int t = 0; t < T; ++t) d[t] = V::first_lanes(d[t], c.lanes);
+          R s = d[0], q = V::zero();
+#pragma GCC unroll 16
+          for (int t = 0; t < T; ++t) {
+            if (t > 0) s = V::add(s, d[t]);
+            q = V::fma(d[t], V::sub(V::load(xg + (t / TQ) * y_row + (t % TQ) * y_col), mean), q);
+            V::prefetch_l2(xg, y_next + (t / TQ) * y_row + (t % TQ) * y_col);
+          }
+          float* st = c.stats + o * 2 * kLanes;
+          V::store(st, V::add(V::load(st), s));
+          V::store(st + kLanes, V::add(V::load(st + kLanes), q));
+        }
         if (c.prefetch_out && !c.accumulate) {
 #pragma GCC unroll 16
           for (int t = 0; t < T; ++t) V::prefetch_l2(y, y_next + (t / TQ) * y_row + (t % TQ) * y_col);
@@ -579,7 +619,7 @@ void tile_rect(const TileCtx& c, int64_t ra, int64_t rb, int64_t ja, int64_t jb)
 }
 
 // Rows [ra, rb) x columns [ja, jb) in one-row tiles of 8, 4, 2, 1 columns.
-template <class V, int IST, bool kBias, bool kStats>
+template <class V, int IST, bool kBias, int kStats>
 void tile_rows(const TileCtx& c, int64_t ra, int64_t rb, int64_t ja, int64_t jb) {
   int64_t j = ja;
   const int64_t j8 = ja + (jb - ja) / 8 * 8;
@@ -590,7 +630,7 @@ void tile_rows(const TileCtx& c, int64_t ra, int64_t rb, int64_t ja, int64_t jb)
 }
 
 // Rows [ra, rb) x all Jb columns: the main tile shape where it fits, one-row tiles for the rest.
-template <class V, int TP, int TQ, int IST, bool kBias, bool kStats>
+template <class V, int TP, int TQ, int IST, bool kBias, int kStats>
 void tile_phase(const TileCtx& c, int64_t ra, int64_t rb, int64_t Jb) {
   const int64_t rm = ra + (rb - ra) / TP * TP, jm = Jb / TQ * TQ;
   if (rm > ra && jm > 0) tile_rect<V, TP, TQ, IST, kBias, kStats>(c, ra, rm, 0, jm);
@@ -605,7 +645,7 @@ void tile_phase(const TileCtx& c, int64_t ra, int64_t rb, int64_t Jb) {
   }
 }
 
-template <class V, int IST, bool kBias, bool kStats>
+template <class V, int IST, bool kBias, int kStats>
 void tile_dispatch(int shape, const TileCtx& c, int64_t ra, int64_t rb, int64_t Jb) {
   switch (shape) {
     case 1:
@@ -635,7 +675,7 @@ void tile_dispatch(int shape, const TileCtx& c, int64_t ra, int64_t rb, int64_t 
   }
 }
 
-template <class V, bool kBias, bool kStats>
+template <class V, bool kBias, int kStats>
 void tile_dispatch_ist(int shape, const TileCtx& c, int64_t ra, int64_t rb, int64_t Jb) {
   if (c.ist == 1)
     tile_dispatch<V, 1, kBias, kStats>(shape, c, ra, rb, Jb);
@@ -783,7 +823,8 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
   // anyway); a small one stays cached for it.
   const bool stream = opt.stream_output >= 0 ? opt.stream_output > 0
                                              : pb.NB * pb.Cout * pb.Hout * pb.Wout * kLanes * 4 > (8 << 20);
-  const bool stats = epi.sum || epi.sumsq;
+  const bool grad_sums = epi.bn_x != nullptr;
+  const bool stats = epi.sum || epi.sumsq || grad_sums;
   // Statistics: per-lane sums per thread (threads may share a channel when they split the images),
   // folded into double per image block, then summed over the blocks in order: the same result for any
   // thread count and split.
@@ -900,19 +941,29 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
               c.last = cg == ncg - 1;
               c.bias = epi.bias;
               c.stats = lane_stats;
+              if (grad_sums) {
+                c.gx_nb = epi.bn_x->data() + nb * pb.Cout * out_plane;
+                c.gmean = epi.bn_mean;
+                c.gscale = epi.bn_relu_scale;
+                c.gshift = epi.bn_relu_shift;
+              }
               c.lanes = n_real;
               c.keep = mask.keep ? mask.keep + nb * pb.Cout * pb.Hout * pb.Wout : nullptr;
               c.count_tiles = !pb.is_bp;
               c.n_real = n_real;
               c.cnt = &cnt;
-              if (epi.bias && stats)
-                tile_dispatch_ist<V, true, true>(shape, c, ra, rb, Jb);
+              if (grad_sums && epi.bn_relu_scale)
+                tile_dispatch_ist<V, false, 3>(shape, c, ra, rb, Jb);
+              else if (grad_sums)
+                tile_dispatch_ist<V, false, 2>(shape, c, ra, rb, Jb);
+              else if (epi.bias && stats)
+                tile_dispatch_ist<V, true, 1>(shape, c, ra, rb, Jb);
               else if (epi.bias)
-                tile_dispatch_ist<V, true, false>(shape, c, ra, rb, Jb);
+                tile_dispatch_ist<V, true, 0>(shape, c, ra, rb, Jb);
               else if (stats)
-                tile_dispatch_ist<V, false, true>(shape, c, ra, rb, Jb);
+                tile_dispatch_ist<V, false, 1>(shape, c, ra, rb, Jb);
               else
-                tile_dispatch_ist<V, false, false>(shape, c, ra, rb, Jb);
+                tile_dispatch_ist<V, false, 0>(shape, c, ra, rb, Jb);
             }
           }
         }
@@ -939,6 +990,8 @@ void corr_run(const CorrProblem& pb, SparseConvScratch::Impl& ws, const ConvProl
         s += tr.stats_d[(nb * pb.Cout + o) * 2], q += tr.stats_d[(nb * pb.Cout + o) * 2 + 1];
       if (epi.sum) epi.sum[o] = s;
       if (epi.sumsq) epi.sumsq[o] = q;
+      if (epi.grad_sum) epi.grad_sum[o] = s;
+      if (epi.grad_sum_xc) epi.grad_sum_xc[o] = q;
     }
 }
 
@@ -1493,6 +1546,7 @@ SparseCounters sparse_conv_ff(const Tensor& x, const SparseWeights& w, Tensor& y
                               const ConvPrologue& prologue, const ConvEpilogue& epilogue,
                               const ConvOutputMask& mask, const SparseConvOptions& opt) {
   TRAINER_CHECK(!opt.accumulate_output, "sparse conv ff: accumulate_output is for bp only");
+  TRAINER_CHECK(!epilogue.bn_x, "sparse conv ff: the epilogue's batch-norm grad sums are for bp only");
   const ConvGeom g = sparse_conv_geom(w, x.shape());
   check_activation(x, "ff input x", x.shape());
   y.resize({g.N, g.K, g.P(), g.Q()}, Layout::NCHW16n);
@@ -1528,8 +1582,19 @@ std::vector<uint8_t> sparse_conv_bp_tapless_phases(int64_t R, int64_t S, int64_t
 }
 
 SparseCounters sparse_conv_bp(const Tensor& dy, const SparseWeights& w, const Shape& x_shape, Tensor& dx,
-                              SparseConvScratch& scratch, const SparseConvOptions& opt) {
+                              SparseConvScratch& scratch, const SparseConvOptions& opt,
+                              const ConvEpilogue& epi) {
   const ConvGeom g = sparse_conv_geom(w, x_shape);
+  TRAINER_CHECK(!epi.bias && !epi.sum && !epi.sumsq,
+                "sparse conv bp: the epilogue's bias and output statistics are for FF; BP takes its grad sums");
+  if (epi.bn_x) {
+    TRAINER_CHECK(epi.bn_x->shape() == x_shape && epi.bn_x->layout() == Layout::NCHW16n,
+                  "sparse conv bp: the batch norm input for the grad sums is {} ({}), expected {} (NCHW16n)",
+                  shape_str(epi.bn_x->shape()), layout_name(epi.bn_x->layout()), shape_str(x_shape));
+    TRAINER_CHECK(epi.bn_mean && epi.grad_sum && epi.grad_sum_xc && !epi.bn_relu_scale == !epi.bn_relu_shift,
+                  "sparse conv bp: grad sums need bn_mean, grad_sum and grad_sum_xc, and a ReLU's scale with "
+                  "its shift");
+  }
   check_activation(dy, "bp error dy", {g.N, g.K, g.P(), g.Q()});
   if (opt.accumulate_output)
     TRAINER_CHECK(dx.shape() == x_shape && dx.layout() == Layout::NCHW16n,
@@ -1582,7 +1647,7 @@ SparseCounters sparse_conv_bp(const Tensor& dy, const SparseWeights& w, const Sh
   SparseCounters total;
   total.dense_macs = g.macs();
   with_backend(opt.impl, [&](auto v) {
-    corr_run<decltype(v)>(pb, scratch.impl(), ConvPrologue{}, ConvEpilogue{}, ConvOutputMask{}, opt, total);
+    corr_run<decltype(v)>(pb, scratch.impl(), ConvPrologue{}, epi, ConvOutputMask{}, opt, total);
   });
   return total;
 }

@@ -14,8 +14,8 @@
 //    each FMA reading a vector from the slab (output channels innermost, so the tile's slab region stays in
 //    L1); between groups the partial sums wait in a per-thread buffer that stays in L2, and the output is
 //    written once (with non-temporal stores when it is larger than the caches);
-//  - the epilogue (bias, per-channel Σy and Σy² for fused batch-norm statistics, output mask) runs on
-//    the registers before that single store.
+//  - the epilogue (bias, per-channel Σy and Σy² for fused batch-norm statistics, output mask; in BP a
+//    batch norm's gradient sums) runs on the registers before that single store.
 // WG (dW only at kept positions) holds the dy vectors of a tile of 8-16 positions of one output channel
 // in registers while the kept taps of that channel stream past, 8 sums at a time; the sums are reduced
 // across lanes once per band (or at once, when a band is a single tile).
@@ -82,6 +82,19 @@ struct ConvEpilogue {
   // k, as written (masked positions count as 0) — the batch-norm statistics without re-reading y.
   double* sum = nullptr;
   double* sumsq = nullptr;
+  // BP only: the sums a batch norm's backward needs of its output gradient, when the dx this call writes
+  // is that gradient in its final form (after accumulate_output and accumulate_relu): for each channel c
+  // of dx, grad_sum[c] = Σ m·dx and grad_sum_xc[c] = Σ m·dx·(bn_x - bn_mean[c]) over the real images and
+  // every position this call writes, where bn_x is the batch norm's input (x_shape, NCHW16n) and m is
+  // its fused ReLU's mask, fma(bn_relu_scale[c], bn_x, bn_relu_shift[c]) > 0 with the forward's own
+  // arithmetic (1 without bn_relu_scale). Read while dx is in registers: the batch norm's pass over dx
+  // and its input for these sums is not needed (reformulated batch norm's backward half).
+  const Tensor* bn_x = nullptr;
+  const float* bn_mean = nullptr;        // [C]
+  const float* bn_relu_scale = nullptr;  // [C] or nullptr
+  const float* bn_relu_shift = nullptr;  // [C], with bn_relu_scale
+  double* grad_sum = nullptr;            // [C], written
+  double* grad_sum_xc = nullptr;         // [C], written
 };
 
 // Output positions not to compute (e.g. speculated dead). One byte per 16-image vector:
@@ -172,8 +185,10 @@ SparseCounters sparse_conv_ff(const Tensor& x, const SparseWeights& w, Tensor& y
 // BP: dx = conv_transpose(dy, w), pruned taps and zero dy planes skipped.
 // dy: [N, K, P, Q] NCHW16n; w: [K, C, R, S] compressed; x_shape: [N, C, H, W] (the FF input's shape);
 // dx: resized to x_shape in NCHW16n (written; added to with opt.accumulate_output).
+// epilogue: only its batch-norm gradient sums (bn_x ...) apply to BP.
 SparseCounters sparse_conv_bp(const Tensor& dy, const SparseWeights& w, const Shape& x_shape, Tensor& dx,
-                              SparseConvScratch& scratch, const SparseConvOptions& opt = {});
+                              SparseConvScratch& scratch, const SparseConvOptions& opt = {},
+                              const ConvEpilogue& epilogue = {});
 
 // WG at kept positions only: dw_values[e] = Σ_{n,p,q} prologue(x)[n, c, p*st-pad+r, q*st-pad+s] * dy[n,k,p,q]
 // for each kept tap e = (k, c, r, s) in the FF order of w (w.ff_src()[e] is its OIHW index). Zero x and

@@ -218,6 +218,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
   }
   shared_gradients_ = 0;
   fused_relu_backwards_ = 0;
+  fused_grad_sums_ = 0;
   loss_dy_ = dy;
   out.dy = &loss_dy_;
   out.dy_users = 1;
@@ -264,6 +265,25 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
            b.layer->can_accumulate_dx() && b.layer->dx_phase_stride() == st &&
            b.layer->tapless_dx_phases().empty();
   };
+  // Batch-norm gradient sums (GradSums) taken by the last writer of the batch norm's output gradient,
+  // node i (a single-input layer, its input's first reader in forward order, so the last writer in this
+  // backward): the batch norm is i's input j itself, or, when i takes j's ReLU backward (relu_j: j is a
+  // ReLU'd add), an input of that add read by the add alone, whose gradient is then the add's own
+  // (shared, see below; when it is not shared after all, that batch norm's dy is another tensor and it
+  // sums for itself). Nothing writes that tensor between i's bp and the batch norm's turn: i is its last
+  // writer, and the sharing rule has the batch norm read it before the residual stream adds to it.
+  auto grad_sums_for = [&](int i, int relu_j) -> GradSums* {
+    const Node& n = nodes_[i];
+    if (!fuse_grad_sums_ || n.inputs.size() != 1 || n.inputs[0] == kInput) return nullptr;
+    const int j = n.inputs[0];
+    if (readers[j].empty() || readers[j].front() != i) return nullptr;
+    if (GradSums* gs = nodes_[j].layer->grad_sums_wanted()) return gs;
+    if (relu_j != j) return nullptr;
+    for (int b : nodes_[j].inputs)
+      if (b != kInput && readers[b].size() == 1)
+        if (GradSums* gs = nodes_[b].layer->grad_sums_wanted()) return gs;
+    return nullptr;
+  };
   for (int i = last(); i >= 0; --i) {
     Node& n = nodes_[i];
     if (!n.dy_phases.empty()) {
@@ -308,6 +328,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
       }
       ops->record(std::move(op));
     };
+    if (const GradSums* gs = n.layer->grad_sums_wanted(); gs && gs->of == &dy_n) ++fused_grad_sums_;
     if (!n.layer->params().empty()) {
       const uint64_t t0 = now_ns();
       n.layer->wg(xs, n.y, dy_n);
@@ -320,6 +341,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
     std::vector<int> accumulate;
     std::vector<int> fresh;   // inputs whose gradient this layer writes first
     int phases_written = -1;  // the input whose left phases this layer's bp writes
+    int relu_by_this = -1;    // the ReLU'd add whose ReLU's backward this layer's bp does
     bool any = false;
     for (size_t k = 0; k < n.inputs.size(); ++k) {
       const int j = n.inputs[k];
@@ -342,6 +364,7 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
         if (relu_bp_by(j, i) && n.layer->can_relu_bp_accumulated_dx()) {
           n.layer->set_accumulate_relu(&nodes_[j].y);
           relu_done[j] = 1;
+          relu_by_this = j;
         }
       } else {
         TRAINER_CHECK(accumulate.empty(), "graph: layer '{}' reads two nodes that both need accumulation",
@@ -396,7 +419,9 @@ void Graph::backward(const Tensor& dy, OpStream* ops) {
       record(Phase::bp, t0);
       continue;
     }
+    n.layer->set_dx_grad_sums(grad_sums_for(i, relu_by_this));
     n.layer->bp(xs, n.y, dy_n, dxs);
+    n.layer->set_dx_grad_sums(nullptr);
     n.layer->set_accumulate_dx(false);
     n.layer->set_accumulate_relu(nullptr);
     n.layer->set_dx_phases(nullptr, false);

@@ -56,6 +56,12 @@ class Graph {
   // How many ReLU'd adds had their ReLU's backward done by the last writer of their output gradient in
   // the last backward, their own bp skipped (see backward).
   int fused_relu_backwards() const { return fused_relu_backwards_; }
+  // How many batch norms took their gradient sums (GradSums) from the last writer of their output
+  // gradient in the last backward, instead of a pass of their own (see backward).
+  int fused_grad_sums() const { return fused_grad_sums_; }
+  // Whether backward asks those writers for the sums (default off: every batch norm sums for itself;
+  // in the epilogue the sums cost the BP kernels more than the pass they save, docs/benchmarks.md).
+  void set_fuse_grad_sums(bool on) { fuse_grad_sums_ = on; }
   // Gradient buffers the last backward used (see grad_pool_). With reuse off (for tests: the reference)
   // every node's gradient has a buffer of its own.
   int gradient_buffers() const { return static_cast<int>(grad_pool_.size()); }
@@ -125,6 +131,8 @@ class Graph {
   Tensor scratch_;
   int shared_gradients_ = 0;
   int fused_relu_backwards_ = 0;
+  int fused_grad_sums_ = 0;
+  bool fuse_grad_sums_ = false;
 };
 
 }  // namespace trainer

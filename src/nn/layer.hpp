@@ -56,6 +56,23 @@ struct ChannelSums {
   int64_t count = 0;              // values per channel (N * H * W)
 };
 
+// What a batch norm's backward must have of its output gradient dy before anything else: per channel
+// Σ m·dy and Σ m·dy·(x - mean), x its input and m its fused ReLU's mask (the rest of its backward is one
+// pass that needs them). The last layer to write dy can take them in its kernel's epilogue while dy is
+// still in registers (the sparse convolutions' BP does), instead of the batch norm reading dy and x
+// once more: the backward half of reformulated batch norm. The batch norm fills in everything but `of`
+// at each training ff (Layer::grad_sums_wanted); the writer sets `of` to the gradient tensor it summed,
+// and the batch norm takes the sums only for that tensor (else it computes them itself).
+struct GradSums {
+  const Tensor* x = nullptr;              // the batch norm's input
+  const float* mean = nullptr;            // [C]: its batch mean
+  const float* relu_scale = nullptr;      // [C]: its fused ReLU's mask is fma(scale, x, shift) > 0;
+  const float* relu_shift = nullptr;      //      null without one
+  double* sum_dy = nullptr;               // [C]: Σ m·dy, written by the writer
+  double* sum_dy_xc = nullptr;            // [C]: Σ m·dy·(x - mean), written by the writer
+  const Tensor* of = nullptr;             // the gradient tensor they were taken over (set by the writer)
+};
+
 // A per-channel affine map fma(scale[c], x, shift[c]), then max(0, ·) with relu, that a layer left to
 // the reader of its output (see Layer::can_defer_affine).
 struct AffineInput {
@@ -149,6 +166,13 @@ class Layer {
   virtual bool can_take_affine_input(bool /*relu*/) const { return false; }
   void set_affine_input(AffineInput a) { affine_input_ = a; }
 
+  // See GradSums. A batch norm in training returns its request (valid until its next ff); others null.
+  virtual GradSums* grad_sums_wanted() { return nullptr; }
+  // For one bp call (Graph::backward): this bp is the last writer of input 0's gradient, which is then
+  // final, and a batch norm wants these sums of it. A layer that can (the sparse convolutions' BP)
+  // fills them in and sets sums->of = dx[0]; any other leaves them, and the batch norm computes them.
+  void set_dx_grad_sums(GradSums* sums) { dx_grad_sums_ = sums; }
+
   // The Op record of a phase, for the shapes of the last ff: shapes, stride/pad, dense MACs.
   // The graph fills in layer index, name and time.
   virtual Op describe(Phase phase, const std::vector<const Tensor*>& x, const Tensor& y) const;
@@ -161,6 +185,7 @@ class Layer {
   bool dx_phases_first_ = false;
   bool defer_affine_ = false;
   AffineInput affine_input_;
+  GradSums* dx_grad_sums_ = nullptr;
 
  private:
   std::string name_;

@@ -294,6 +294,11 @@ const std::vector<Entry>& entries() {
         "kernel cost model written by `trainer calibrate`; none = the built-in defaults"},
        set_path(&C::calibration),
        get_str(&C::calibration)},
+      {{"bn_sums_in_epilogue", "bn-sums-in-epilogue", "",
+        "take each batch norm's gradient sums in the epilogue of the sparse BP that writes its gradient last, "
+        "not in a pass of their own (slower on the machines measured; docs/sparse-training.md)"},
+       set_bool(&C::bn_sums_in_epilogue),
+       get_bool(&C::bn_sums_in_epilogue)},
       {{"ops_summary", "no-ops-summary", "", "do not print the per-layer table of MACs and times at the end",
         /*negated=*/true},
        set_bool(&C::ops_summary),
@@ -485,6 +490,7 @@ nlohmann::json to_json(const RunConfig& c) {
   j["ops_summary"] = c.ops_summary;
   j["kernels"] = c.kernels;
   j["calibration"] = c.calibration;
+  j["bn_sums_in_epilogue"] = c.bn_sums_in_epilogue;
   return j;
 }
 

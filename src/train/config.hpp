@@ -64,6 +64,10 @@ struct RunConfig {
   bool prune_first_last = false;       // also prune the first conv and the last linear (kept dense otherwise)
   std::string kernels = "auto";        // auto | dense | sparse: which conv kernels a sparse run may use
   std::string calibration;             // cost model from `trainer calibrate`; empty: built-in defaults
+  // Batch-norm gradient sums taken in the epilogue of the sparse BP that writes the gradient last
+  // (GradSums), instead of a pass of their own. Off: on the Zen 4 it cost 0-7% images/s in each of 11
+  // pairs of runs (the BP kernels are bound by their vector work; docs/benchmarks.md).
+  bool bn_sums_in_epilogue = false;
 };
 
 // One configuration key: its recipe key, command-line option and documentation.

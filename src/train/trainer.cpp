@@ -274,6 +274,7 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
   // and a batch norm's only reader applies it (one tensor written and read back less).
   graph->fuse_relus();
   graph->fuse_affine_inputs();
+  graph->set_fuse_grad_sums(cfg.bn_sums_in_epilogue);
   // Sparse training: the network runs in the sparse kernels' layout (NCHW16n) end to end unless the run
   // asked for oneDNN only.
   const bool pruned_run = cfg.prune != "none";

@@ -124,6 +124,14 @@ TEST_F(SparseTrain, SparseAndDenseKernelsTrainTheSameNumbers) {
   // The dense kernels execute every multiply; the sparse ones skip the pruned ones.
   EXPECT_EQ(d[0]["work"]["ff"]["skipped_pruned"].get<uint64_t>(), 0u);
   EXPECT_GT(s[0]["work"]["ff"]["skipped_pruned"].get<uint64_t>(), 0u);
+  // The batch norms' gradient sums taken in the BP epilogue: the same training to rounding, same work.
+  r = run(recipe + "--kernels sparse --bn-sums-in-epilogue --metrics e.jsonl");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto e = metrics("e.jsonl");
+  ASSERT_EQ(e.size(), 1u);
+  EXPECT_NEAR(e[0]["train_loss"].get<double>(), s[0]["train_loss"].get<double>(), 1e-4);
+  EXPECT_DOUBLE_EQ(e[0]["sparsity"].get<double>(), s[0]["sparsity"].get<double>());
+  EXPECT_EQ(e[0]["work"]["bp"]["executed_macs"], s[0]["work"]["bp"]["executed_macs"]);
 }
 
 TEST_F(SparseTrain, APrunedRunResumesBitIdentically) {

@@ -754,6 +754,121 @@ TEST(SparseConv, AccumulatingBpWithAndWithoutReluMatchesSeparatePasses) {
     }
 }
 
+// The batch-norm gradient sums in BP's epilogue (ConvEpilogue::bn_x): over the final dx (after
+// accumulating, and the accumulated ReLU's mask), through the batch norm's own fused-ReLU mask, on the
+// real images only; dx itself is the same bits as without them; the sums do not depend on the thread
+// count or on how the threads split the work.
+TEST(SparseConv, BpEpilogueTakesTheBatchNormGradientSums) {
+  const Case cases[] = {{21, 12, 8, 8, 10, 3, 3, 1, 1, 0.4},
+                        {18, 12, 9, 8, 10, 3, 3, 2, 1, 0.4},
+                        {40, 16, 7, 7, 24, 3, 3, 1, 1, 0.2},
+                        {16, 8, 6, 6, 8, 1, 1, 1, 0, 1.0}};
+  const int saved = omp_get_max_threads();
+  for (const Case& cs : cases)
+    for (SparseImpl impl : {SparseImpl::best, SparseImpl::scalar})
+      for (int mode = 0; mode < 3; ++mode) {  // write; accumulate; accumulate through a ReLU
+        const ConvGeom g = geom_of(cs);
+        SCOPED_TRACE(describe(cs) + (impl == SparseImpl::best ? " best" : " scalar") + " mode " +
+                     std::to_string(mode));
+        Rng rng(91);
+        const Tensor w = random_plain({g.K, g.C, g.R, g.S}, rng);
+        const Tensor mask = random_mask(w.shape(), cs.density, 1, rng);
+        const Tensor dy = random_plain({g.N, g.K, g.P(), g.Q()}, rng).to_layout(Layout::NCHW16n);
+        const Shape xs{g.N, g.C, g.H, g.W};
+        const Tensor prior = random_plain(xs, rng).to_layout(Layout::NCHW16n);
+        Tensor relu_plain = random_plain(xs, rng);
+        for (int64_t i = 0; i < relu_plain.numel(); ++i) relu_plain.data()[i] = std::max(0.0f, relu_plain.data()[i]);
+        const Tensor relu_y = relu_plain.to_layout(Layout::NCHW16n);
+        // The batch norm's input, far from zero mean (the sums are about the mean), and its statistics.
+        Tensor bx_plain = random_plain(xs, rng);
+        for (int64_t i = 0; i < bx_plain.numel(); ++i) bx_plain.data()[i] += 3.0f;
+        const Tensor bx = bx_plain.to_layout(Layout::NCHW16n);
+        std::vector<float> mean(static_cast<size_t>(g.C)), scale(mean.size()), shift(mean.size());
+        for (int64_t c = 0; c < g.C; ++c) {
+          mean[c] = static_cast<float>(2.5 + rng.uniform());
+          scale[c] = static_cast<float>(rng.uniform() * 2 - 0.5);  // some negative: the mask flips
+          shift[c] = -scale[c] * mean[c];
+        }
+        SparseWeights sw;
+        sw.build(w, mask, g.stride, g.pad);
+        SparseConvScratch scratch;
+        SparseConvOptions opt = with_impl(impl);
+        opt.accumulate_output = mode > 0;
+        opt.accumulate_relu = mode == 2 ? &relu_y : nullptr;
+        Tensor plain_dx = prior;
+        sparse_conv_bp(dy, sw, xs, plain_dx, scratch, opt);
+        for (bool relu : {false, true}) {
+          // The reference: the sums in double over the dx just written, the mask with one fma.
+          const Tensor dxp = plain_dx.to_layout(Layout::plain);
+          std::vector<double> want_s(mean.size(), 0.0), want_q(mean.size(), 0.0), mag(mean.size(), 0.0);
+          for (int64_t n = 0; n < g.N; ++n)
+            for (int64_t c = 0; c < g.C; ++c)
+              for (int64_t h = 0; h < g.H; ++h)
+                for (int64_t x = 0; x < g.W; ++x) {
+                  const float xv = bx_plain.at(n, c, h, x);
+                  if (relu && !(std::fma(scale[c], xv, shift[c]) > 0.0f)) continue;
+                  const double d = dxp.at(n, c, h, x);
+                  want_s[c] += d;
+                  want_q[c] += d * (static_cast<double>(xv) - mean[c]);
+                  mag[c] += std::fabs(d) * (1 + std::fabs(static_cast<double>(xv) - mean[c]));
+                }
+          std::vector<double> got_s[3], got_q[3];
+          Tensor got_dx[3];
+          const int split[3] = {-1, 0, 1};
+          for (int run = 0; run < 3; ++run) {
+            omp_set_num_threads(run == 0 ? 1 : 2);
+            SparseConvOptions o = opt;
+            o.split_images = split[run];
+            got_s[run].assign(mean.size(), -1.0);
+            got_q[run].assign(mean.size(), -1.0);
+            ConvEpilogue epi;
+            epi.bn_x = &bx;
+            epi.bn_mean = mean.data();
+            if (relu) epi.bn_relu_scale = scale.data(), epi.bn_relu_shift = shift.data();
+            epi.grad_sum = got_s[run].data();
+            epi.grad_sum_xc = got_q[run].data();
+            got_dx[run] = prior;
+            sparse_conv_bp(dy, sw, xs, got_dx[run], scratch, o, epi);
+            ASSERT_EQ(got_dx[run].storage_size(), plain_dx.storage_size());
+            for (int64_t i = 0; i < plain_dx.storage_size(); ++i)
+              ASSERT_EQ(got_dx[run].data()[i], plain_dx.data()[i]) << "dx " << i;
+            for (int64_t c = 0; c < g.C; ++c) {
+              EXPECT_NEAR(got_s[run][c], want_s[c], 1e-5 * mag[c] + 1e-6) << "sum c " << c;
+              EXPECT_NEAR(got_q[run][c], want_q[c], 1e-5 * mag[c] + 1e-6) << "sum_xc c " << c;
+            }
+          }
+          omp_set_num_threads(saved);
+          // Two threads, split either way: the same bits.
+          EXPECT_EQ(got_s[1], got_s[2]);
+          EXPECT_EQ(got_q[1], got_q[2]);
+        }
+      }
+  omp_set_num_threads(saved);
+  // Bad requests name what is wrong.
+  const Case cs = cases[0];
+  const ConvGeom g = geom_of(cs);
+  Rng rng(5);
+  const Tensor w = random_plain({g.K, g.C, g.R, g.S}, rng);
+  SparseWeights sw;
+  sw.build(w, random_mask(w.shape(), 0.5, -1, rng), 1, 1);
+  SparseConvScratch scratch;
+  const Tensor dy = random_plain({g.N, g.K, g.P(), g.Q()}, rng).to_layout(Layout::NCHW16n);
+  const Tensor wrong({g.N, g.C, g.H, g.W + 1}, Layout::NCHW16n);
+  std::vector<float> mean(static_cast<size_t>(g.C), 0.0f);
+  std::vector<double> s(mean.size()), q(mean.size());
+  ConvEpilogue epi;
+  epi.bn_x = &wrong, epi.bn_mean = mean.data(), epi.grad_sum = s.data(), epi.grad_sum_xc = q.data();
+  Tensor dx;
+  EXPECT_THROW(sparse_conv_bp(dy, sw, {g.N, g.C, g.H, g.W}, dx, scratch, {}, epi), Error);
+  const Tensor right({g.N, g.C, g.H, g.W}, Layout::NCHW16n);
+  epi.bn_x = &right;
+  epi.grad_sum_xc = nullptr;
+  EXPECT_THROW(sparse_conv_bp(dy, sw, {g.N, g.C, g.H, g.W}, dx, scratch, {}, epi), Error);
+  epi.grad_sum_xc = q.data();
+  Tensor y;
+  EXPECT_THROW(sparse_conv_ff(right, sw, y, scratch, {}, epi), Error);
+}
+
 // A strided BP reaches only the dx phases its taps land in: a 1x1 at stride 2 one in four. As the first
 // writer of a gradient it may leave the others unwritten (leave_phases), and the second writer, which
 // reaches every phase, writes them instead of adding to zeros (write_phases): the values of writing

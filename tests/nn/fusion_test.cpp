@@ -3,6 +3,7 @@
 // every activation layout, and still records one Op per layer and phase, in the same order.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <string>
@@ -25,6 +26,7 @@ struct StepResult {
   std::vector<bool> fused_ops;   // kernel "fused"
   int maps = 0;                  // records with an input map
   int relu_bp_fused = 0;         // adds whose ReLU backward their output's last gradient writer did
+  int grad_sums_fused = 0;       // batch norms whose gradient sums their dy's last writer took
 };
 
 // Half the weights of every conv pruned, run on the sparse kernels (NCHW16n): their prologue then
@@ -35,8 +37,12 @@ struct SparseSetup {
 };
 
 StepResult train_step(bool fuse, Layout layout, int* fused = nullptr, int* affine = nullptr,
-                      NonzeroCapture capture = NonzeroCapture::none, SparseSetup* sparse = nullptr) {
+                      NonzeroCapture capture = NonzeroCapture::none, SparseSetup* sparse = nullptr,
+                      bool grad_sums = false) {
   auto g = build_model("resnet8", {1, 12, 12}, 10);
+  // Off unless asked: the sums taken in a kernel's epilogue are added in another order (same values to
+  // rounding), and the tests comparing bits compare the other fusions.
+  g->set_fuse_grad_sums(grad_sums);
   Rng init(3);
   g->init(init, InitScheme::kaiming);
   if (sparse) {
@@ -76,6 +82,7 @@ StepResult train_step(bool fuse, Layout layout, int* fused = nullptr, int* affin
     for (int64_t i = 0; i < dy.numel(); ++i) dy.data()[i] = static_cast<float>(std::sin(0.37 * i + rep));
     g->backward(dy, &ops);
     r.relu_bp_fused = g->fused_relu_backwards();
+    r.grad_sums_fused = g->fused_grad_sums();
   }
   for (Param* p : g->params()) r.grads.push_back(p->grad.to_layout(Layout::plain));
   for (const Buffer& b : g->buffers()) r.buffers.push_back(b.tensor->to_layout(Layout::plain));
@@ -163,4 +170,36 @@ TEST(ReluFusion, SparseKernelPrologueGivesTheSameNumbers) {
   expect_same_numbers(a, b);
   EXPECT_EQ(a.ops, b.ops);
   EXPECT_EQ(b.relu_bp_fused, 2);  // in the sparse BP kernel's epilogue
+}
+
+// Batch-norm gradient sums taken by the last writer of each batch norm's output gradient (GradSums): on
+// the sparse kernels, every batch norm whose gradient's last writer is a convolution's BP gets them from
+// its epilogue, and the step's numbers are those of the batch norms summing for themselves, to the
+// rounding of a different order of addition (relative 1e-5 of each tensor's largest value).
+TEST(ReluFusion, BatchNormGradientSumsFromTheWritersEpilogue) {
+  SparseSetup sa, sb;
+  const StepResult a = train_step(true, Layout::NCHW16n, nullptr, nullptr, NonzeroCapture::none, &sa, false);
+  const StepResult b = train_step(true, Layout::NCHW16n, nullptr, nullptr, NonzeroCapture::none, &sb, true);
+  EXPECT_EQ(a.grad_sums_fused, 0);
+  // resnet8: each block's bn0 (its conv1 alone writes its gradient), the stem's bn0 (block 0's conv0
+  // writes its gradient last), and the bn1 of blocks 0 and 1, through their add (the next block's conv0
+  // writes the add's gradient last, through the add's ReLU). Block 2's add is read by the pooling.
+  EXPECT_EQ(b.grad_sums_fused, 6);
+  auto expect_near = [](const Tensor& x, const Tensor& y, const std::string& what) {
+    ASSERT_EQ(x.shape(), y.shape()) << what;
+    double scale = 0;
+    for (int64_t i = 0; i < x.numel(); ++i) scale = std::max(scale, std::fabs(static_cast<double>(x.data()[i])));
+    for (int64_t i = 0; i < x.numel(); ++i)
+      ASSERT_NEAR(x.data()[i], y.data()[i], 1e-5 * scale + 1e-12) << what << " element " << i;
+  };
+  expect_near(a.out, b.out, "logits");
+  ASSERT_EQ(a.grads.size(), b.grads.size());
+  for (size_t i = 0; i < a.grads.size(); ++i) expect_near(a.grads[i], b.grads[i], "grad " + std::to_string(i));
+  for (size_t i = 0; i < a.buffers.size(); ++i) expect_near(a.buffers[i], b.buffers[i], "buffer " + std::to_string(i));
+  EXPECT_EQ(a.ops, b.ops);
+  // Plain and nChw16c activations run oneDNN's BP, which takes no sums: the batch norms sum for themselves.
+  for (Layout layout : {Layout::plain, Layout::nChw16c}) {
+    const StepResult c = train_step(true, layout, nullptr, nullptr, NonzeroCapture::none, nullptr, true);
+    EXPECT_EQ(c.grad_sums_fused, 0) << layout_name(layout);
+  }
 }

@@ -37,6 +37,7 @@ class BatchNorm2d : public Layer {
   std::vector<Buffer> buffers() override;
   void set_input_sums(const ChannelSums* sums) override { input_sums_ = sums; }
   bool can_fuse_relu() const override { return true; }
+  GradSums* grad_sums_wanted() override { return training_ ? &grad_request_ : nullptr; }
 
   int64_t channels() const { return channels_; }
   // Statistics the last ff normalised with (batch ones in training, running ones in evaluation): [C].
@@ -65,6 +66,7 @@ class BatchNorm2d : public Layer {
   // until bp consumes them or ff runs again.
   std::vector<double> sum_dy_, sum_dy_xhat_;
   const float* sums_of_ = nullptr;
+  GradSums grad_request_;  // for the last writer of dy (see GradSums); set up by each training ff
   // Scratch: per-channel coefficients and the kernels' partial sums.
   std::vector<double> stat_a_, stat_b_, partial_;
   std::vector<float> coef_a_, coef_b_, coef_d_;

@@ -213,7 +213,19 @@ void Conv2d::bp(const std::vector<const Tensor*>& x, const Tensor& /*y*/, const 
       opt.leave_phases = phases;
     }
     if (write_left) opt.write_phases = phases;
-    record(ConvPhase::bp, k, sparse_conv_bp(dy, sw_, in.shape(), *dx[0], scratch_bp_, opt));
+    // The final gradient of a batch norm's output (Layer::set_dx_grad_sums): its sums in the epilogue.
+    ConvEpilogue epi;
+    GradSums* gs = dx_grad_sums_;
+    if (gs && gs->x && gs->x->shape() == in.shape() && gs->x->layout() == Layout::NCHW16n && !opt.leave_phases) {
+      epi.bn_x = gs->x;
+      epi.bn_mean = gs->mean;
+      epi.bn_relu_scale = gs->relu_scale;
+      epi.bn_relu_shift = gs->relu_shift;
+      epi.grad_sum = gs->sum_dy;
+      epi.grad_sum_xc = gs->sum_dy_xc;
+    }
+    record(ConvPhase::bp, k, sparse_conv_bp(dy, sw_, in.shape(), *dx[0], scratch_bp_, opt, epi));
+    if (epi.bn_x) gs->of = dx[0];
   } else {
     // oneDNN's bp reads only x's shape and layout; ff may not have reordered x (it ran sparse).
     if (xr_.shape() != in.shape() || xr_.layout() != Layout::nChw16c) xr_.resize(in.shape(), Layout::nChw16c);
