@@ -587,7 +587,8 @@ void tile_rect(const TileCtx& c, int64_t ra, int64_t rb, int64_t ja, int64_t jb)
             const R sc = V::bcast(c.gscale[o]), sh = V::bcast(c.gshift[o]);
 #pragma GCC unroll 16
             for (int t = 0; t < T; ++t)
-              d[t] = V::where_positive(V::fma(sc, V::load(xg + (t / TQ) * y_row + (t % TQ) * y_col), sh), d[t]);
+              d[t] =
+                  V::where_positive(V::fma(sc, V::load(xg + (t / TQ) * y_row + (t % TQ) * y_col), sh), d[t]);
           }
           if (c.lanes < kLanes)
             for (int t = 0; t < T; ++t) d[t] = V::first_lanes(d[t], c.lanes);
@@ -1585,8 +1586,9 @@ SparseCounters sparse_conv_bp(const Tensor& dy, const SparseWeights& w, const Sh
                               SparseConvScratch& scratch, const SparseConvOptions& opt,
                               const ConvEpilogue& epi) {
   const ConvGeom g = sparse_conv_geom(w, x_shape);
-  TRAINER_CHECK(!epi.bias && !epi.sum && !epi.sumsq,
-                "sparse conv bp: the epilogue's bias and output statistics are for FF; BP takes its grad sums");
+  TRAINER_CHECK(
+      !epi.bias && !epi.sum && !epi.sumsq,
+      "sparse conv bp: the epilogue's bias and output statistics are for FF; BP takes its grad sums");
   if (epi.bn_x) {
     TRAINER_CHECK(epi.bn_x->shape() == x_shape && epi.bn_x->layout() == Layout::NCHW16n,
                   "sparse conv bp: the batch norm input for the grad sums is {} ({}), expected {} (NCHW16n)",

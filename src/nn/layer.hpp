@@ -64,13 +64,13 @@ struct ChannelSums {
 // at each training ff (Layer::grad_sums_wanted); the writer sets `of` to the gradient tensor it summed,
 // and the batch norm takes the sums only for that tensor (else it computes them itself).
 struct GradSums {
-  const Tensor* x = nullptr;              // the batch norm's input
-  const float* mean = nullptr;            // [C]: its batch mean
-  const float* relu_scale = nullptr;      // [C]: its fused ReLU's mask is fma(scale, x, shift) > 0;
-  const float* relu_shift = nullptr;      //      null without one
-  double* sum_dy = nullptr;               // [C]: Σ m·dy, written by the writer
-  double* sum_dy_xc = nullptr;            // [C]: Σ m·dy·(x - mean), written by the writer
-  const Tensor* of = nullptr;             // the gradient tensor they were taken over (set by the writer)
+  const Tensor* x = nullptr;          // the batch norm's input
+  const float* mean = nullptr;        // [C]: its batch mean
+  const float* relu_scale = nullptr;  // [C]: its fused ReLU's mask is fma(scale, x, shift) > 0;
+  const float* relu_shift = nullptr;  //      null without one
+  double* sum_dy = nullptr;           // [C]: Σ m·dy, written by the writer
+  double* sum_dy_xc = nullptr;        // [C]: Σ m·dy·(x - mean), written by the writer
+  const Tensor* of = nullptr;         // the gradient tensor they were taken over (set by the writer)
 };
 
 // A per-channel affine map fma(scale[c], x, shift[c]), then max(0, ·) with relu, that a layer left to

@@ -295,8 +295,8 @@ const std::vector<Entry>& entries() {
        set_path(&C::calibration),
        get_str(&C::calibration)},
       {{"bn_sums_in_epilogue", "bn-sums-in-epilogue", "",
-        "take each batch norm's gradient sums in the epilogue of the sparse BP that writes its gradient last, "
-        "not in a pass of their own (slower on the machines measured; docs/sparse-training.md)"},
+        "take each batch norm's gradient sums in the epilogue of the sparse BP that writes its gradient "
+        "last, not in a pass of their own (slower on the machines measured; docs/sparse-training.md)"},
        set_bool(&C::bn_sums_in_epilogue),
        get_bool(&C::bn_sums_in_epilogue)},
       {{"ops_summary", "no-ops-summary", "", "do not print the per-layer table of MACs and times at the end",

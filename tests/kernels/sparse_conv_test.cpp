@@ -784,7 +784,8 @@ TEST(SparseConv, BpEpilogueTakesTheBatchNormGradientSums) {
             for (int64_t l = g.N % 16; l < 16; ++l) last[v * 16 + l] = 1.0f + 0.25f * static_cast<float>(l);
         }
         Tensor relu_plain = random_plain(xs, rng);
-        for (int64_t i = 0; i < relu_plain.numel(); ++i) relu_plain.data()[i] = std::max(0.0f, relu_plain.data()[i]);
+        for (int64_t i = 0; i < relu_plain.numel(); ++i)
+          relu_plain.data()[i] = std::max(0.0f, relu_plain.data()[i]);
         const Tensor relu_y = relu_plain.to_layout(Layout::NCHW16n);
         // The batch norm's input, far from zero mean (the sums are about the mean), and its statistics.
         Tensor bx_plain = random_plain(xs, rng);

@@ -6,8 +6,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <string>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "core/rng.hpp"
@@ -188,14 +188,17 @@ TEST(ReluFusion, BatchNormGradientSumsFromTheWritersEpilogue) {
   auto expect_near = [](const Tensor& x, const Tensor& y, const std::string& what) {
     ASSERT_EQ(x.shape(), y.shape()) << what;
     double scale = 0;
-    for (int64_t i = 0; i < x.numel(); ++i) scale = std::max(scale, std::fabs(static_cast<double>(x.data()[i])));
+    for (int64_t i = 0; i < x.numel(); ++i)
+      scale = std::max(scale, std::fabs(static_cast<double>(x.data()[i])));
     for (int64_t i = 0; i < x.numel(); ++i)
       ASSERT_NEAR(x.data()[i], y.data()[i], 1e-5 * scale + 1e-12) << what << " element " << i;
   };
   expect_near(a.out, b.out, "logits");
   ASSERT_EQ(a.grads.size(), b.grads.size());
-  for (size_t i = 0; i < a.grads.size(); ++i) expect_near(a.grads[i], b.grads[i], "grad " + std::to_string(i));
-  for (size_t i = 0; i < a.buffers.size(); ++i) expect_near(a.buffers[i], b.buffers[i], "buffer " + std::to_string(i));
+  for (size_t i = 0; i < a.grads.size(); ++i)
+    expect_near(a.grads[i], b.grads[i], "grad " + std::to_string(i));
+  for (size_t i = 0; i < a.buffers.size(); ++i)
+    expect_near(a.buffers[i], b.buffers[i], "buffer " + std::to_string(i));
   EXPECT_EQ(a.ops, b.ops);
   // Plain and nChw16c activations run oneDNN's BP, which takes no sums: the batch norms sum for themselves.
   for (Layout layout : {Layout::plain, Layout::nChw16c}) {

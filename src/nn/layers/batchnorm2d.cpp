@@ -117,7 +117,8 @@ void BatchNorm2d::ff(const std::vector<const Tensor*>& xs, Tensor& y, bool train
   if (training) {
     grad_request_.x = &x;
     grad_request_.mean = mean_.data();
-    if (fused_relu_) grad_request_.relu_scale = relu_scale_.data(), grad_request_.relu_shift = relu_shift_.data();
+    if (fused_relu_)
+      grad_request_.relu_scale = relu_scale_.data(), grad_request_.relu_shift = relu_shift_.data();
     grad_request_.sum_dy = sum_dy_.data();
     grad_request_.sum_dy_xc = sum_dy_xhat_.data();
   }
@@ -143,7 +144,8 @@ void BatchNorm2d::grad_sums(const Tensor& x, const Tensor& dy) {
   // The last writer of dy took them on its way out (GradSums), into sum_dy_ and sum_dy_xhat_.
   const bool taken = grad_request_.of == &dy && grad_request_.x == &x;
   if (!taken)
-    batchnorm_grad_sums(x, dy, mean_.data(), sum_dy_.data(), sum_dy_xhat_.data(), partial_, fused_relu_mask());
+    batchnorm_grad_sums(x, dy, mean_.data(), sum_dy_.data(), sum_dy_xhat_.data(), partial_,
+                        fused_relu_mask());
   grad_request_.of = nullptr;  // used once: a later backward's dy may be the same tensor
   for (int64_t c = 0; c < channels_; ++c) sum_dy_xhat_[c] *= invstd_[c];
   sums_of_ = dy.data();

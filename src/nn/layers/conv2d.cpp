@@ -216,7 +216,8 @@ void Conv2d::bp(const std::vector<const Tensor*>& x, const Tensor& /*y*/, const 
     // The final gradient of a batch norm's output (Layer::set_dx_grad_sums): its sums in the epilogue.
     ConvEpilogue epi;
     GradSums* gs = dx_grad_sums_;
-    if (gs && gs->x && gs->x->shape() == in.shape() && gs->x->layout() == Layout::NCHW16n && !opt.leave_phases) {
+    if (gs && gs->x && gs->x->shape() == in.shape() && gs->x->layout() == Layout::NCHW16n &&
+        !opt.leave_phases) {
       epi.bn_x = gs->x;
       epi.bn_mean = gs->mean;
       epi.bn_relu_scale = gs->relu_scale;
