@@ -10,7 +10,8 @@
 #            --policies "magnitude dns rigl" --distribution uniform|erk --kernels auto|sparse|dense
 #            --calibration FILE --no-torch
 #            --rounds N   (throughput mode: the whole sequence N times; the median of each run's images/s)
-#            --prune-args "--prune-end 0.5 --prune-every 50"   (accuracy mode: added to every pruned run)
+#            --prune-args "--prune-end 0.5 --prune-every 50"   (added to every pruned run, both modes;
+#                                                              e.g. "--prune-erk-power 0.5")
 #            --runs "dense magnitude:0.9 rigl:0.95"   (accuracy mode: exactly these runs, in this order;
 #                                                      e.g. to split the table over two processes)
 #
@@ -120,7 +121,7 @@ if (( accuracy == 0 )); then
     for s in $sparsities; do
       for p in $policies; do
         read -r ips _ sp < <(run_trainer "$p-$s" "${run[@]}" --prune "$p" --sparsity "$s" --initial-sparsity "$s" \
-          --prune-begin 0 --prune-distribution "$distribution" --kernels "$kernels" "${calibration[@]}")
+          --prune-begin 0 --prune-distribution "$distribution" --kernels "$kernels" "${calibration[@]}" $prune_args)
         add "$p $s" "$ips" "$sp"
       done
     done

@@ -38,13 +38,15 @@ double erk_score(const Shape& shape) {
   return sum / prod;
 }
 
-std::vector<double> erk_densities(const std::vector<Shape>& shapes, double density) {
+std::vector<double> erk_densities(const std::vector<Shape>& shapes, double density, double power) {
   TRAINER_CHECK(density >= 0.0 && density <= 1.0, "erk: target density must be in [0, 1], got {}", density);
+  TRAINER_CHECK(std::isfinite(power) && power >= 0.0, "erk: power must be a finite number >= 0, got {}",
+                power);
   const size_t n = shapes.size();
   std::vector<double> numel(n), score(n), out(n, 1.0);
   double total = 0.0;
   for (size_t l = 0; l < n; ++l) {
-    score[l] = erk_score(shapes[l]);
+    score[l] = std::pow(erk_score(shapes[l]), power);
     numel[l] = 1.0;
     for (int64_t d : shapes[l]) numel[l] *= static_cast<double>(d);
     total += numel[l];

@@ -4,7 +4,10 @@
 //             (C + K + R + S) / (C·K·R·S), of a linear [out, in] to (in + out) / (in·out), scaled so that
 //             the kept weights add up to the global budget. A tensor whose scaled density would exceed 1
 //             is kept dense and the others are rescaled to the budget that is left, as in RigL. Small
-//             tensors (few weights per connection) therefore stay denser than large ones.
+//             tensors (few weights per connection) therefore stay denser than large ones. With a power
+//             p (`--prune-erk-power`, the `erk_power_scale` of Liu et al.'s sparselearning code), density
+//             is proportional to score^p instead: p = 1 is ERK, p = 0 uniform, between the two a
+//             milder tilt toward the small tensors.
 //  - global:  one magnitude threshold across all tensors; the share of each tensor follows from its
 //             weights. magnitude: the threshold of the kept weights at each update; dns: one t for all
 //             tensors at each update (each tensor's c follows from it); rigl: the initial weights' threshold
@@ -29,10 +32,10 @@ const char* distribution_name(Distribution d);
 // (sum of dims) / (product of dims): ERK for 4-D, ER for 2-D (any rank: the same formula).
 double erk_score(const Shape& shape);
 
-// Densities (kept fraction) per tensor such that Σ d_l·N_l = density · Σ N_l, with d_l = min(1, ε·score_l).
-// density in [0, 1]. Tensors clamped to 1 are chosen as RigL does: repeatedly the one with the largest
-// score while its scaled density exceeds 1.
-std::vector<double> erk_densities(const std::vector<Shape>& shapes, double density);
+// Densities (kept fraction) per tensor such that Σ d_l·N_l = density · Σ N_l, with
+// d_l = min(1, ε·score_l^power). density in [0, 1], power finite and >= 0. Tensors clamped to 1 are chosen
+// as RigL does: repeatedly the one with the largest score while its scaled density exceeds 1.
+std::vector<double> erk_densities(const std::vector<Shape>& shapes, double density, double power = 1.0);
 
 // Global magnitude pruning: how many more weights of each tensor to prune so that the `extra` kept weights
 // with the smallest |w| over all tensors go (ties: earlier tensor, then lower index, the same order

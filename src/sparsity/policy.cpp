@@ -51,6 +51,11 @@ PruningPolicy::PruningPolicy(PruningOptions options, int64_t default_begin)
                 o.total_steps);
   TRAINER_CHECK(o.update_every >= 1, "pruning: update interval (ΔT) must be >= 1 step, got {}",
                 o.update_every);
+  TRAINER_CHECK(std::isfinite(o.erk_power) && o.erk_power >= 0.0,
+                "pruning: erk power must be a finite number >= 0, got {}", o.erk_power);
+  TRAINER_CHECK(o.erk_power == 1.0 || distribution_ == Distribution::erk,
+                "pruning: erk power {} given with distribution '{}' (it applies to 'erk' only)", o.erk_power,
+                o.distribution);
   for (const auto& [name, s] : o.layer_sparsity)
     TRAINER_CHECK(s >= 0.0 && s < 1.0, "pruning: layer sparsity of '{}' must be in [0, 1), got {}", name, s);
   begin_ = o.begin_step >= 0 ? o.begin_step : default_begin;
@@ -290,7 +295,7 @@ std::vector<double> PruningPolicy::scheduled_targets(int64_t step) const {
   if (!erk_slots.empty()) {
     std::vector<Shape> shapes;
     for (size_t i : erk_slots) shapes.push_back(slots_[i].t.weight->shape());
-    const std::vector<double> d = erk_densities(shapes, 1.0 - global);
+    const std::vector<double> d = erk_densities(shapes, 1.0 - global, options_.erk_power);
     for (size_t j = 0; j < erk_slots.size(); ++j) out[erk_slots[j]] = 1.0 - d[j];
   }
   return out;

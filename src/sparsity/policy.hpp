@@ -87,6 +87,7 @@ struct PruningOptions {
   double sparsity = 0.9;             // final target over the prunable tensors, in [0, 1)
   double initial_sparsity = 0.0;     // magnitude, dns: s_i of the cubic schedule
   std::string distribution = "erk";  // uniform | erk | global
+  double erk_power = 1.0;            // erk: density proportional to score^erk_power (erk_densities)
   int64_t total_steps = 0;           // optimizer steps of the whole run (required)
   int64_t update_every = 100;        // ΔT
   int64_t begin_step = -1;           // -1: magnitude, dns 10% of total_steps; rigl 0

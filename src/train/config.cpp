@@ -248,6 +248,14 @@ const std::vector<Entry>& entries() {
          c.prune_distribution = parse_choice(t, w, {"uniform", "erk", "global"});
        },
        get_str(&C::prune_distribution)},
+      {{"prune_erk_power", "prune-erk-power", "FLOAT",
+        "erk: density proportional to the ERK score to this power, >= 0 (1 = ERK, 0 = uniform; between, "
+        "a milder tilt toward small layers)"},
+       [](C& c, S t, S w) {
+         c.prune_erk_power = parse_double(t, w, "a finite number >= 0",
+                                          [](double v) { return std::isfinite(v) && v >= 0.0; });
+       },
+       get_double(&C::prune_erk_power)},
       {{"prune_every", "prune-every", "N", "steps between mask updates (delta T)"},
        pos_int(&C::prune_every, 1, "an integer >= 1"),
        get_int(&C::prune_every)},
@@ -469,6 +477,9 @@ void validate(const RunConfig& c) {
   TRAINER_CHECK(c.initial_sparsity <= c.sparsity,
                 "config: 'initial_sparsity' ({}) must not exceed 'sparsity' ({})", c.initial_sparsity,
                 c.sparsity);
+  TRAINER_CHECK(c.prune_erk_power == 1.0 || c.prune_distribution == "erk",
+                "config: 'prune_erk_power' ({}) applies to prune_distribution 'erk' only (it is '{}')",
+                c.prune_erk_power, c.prune_distribution);
   TRAINER_CHECK(c.prune_begin < 0.0 || c.prune_end < 0.0 || c.prune_begin <= c.prune_end,
                 "config: 'prune_begin' ({}) is after 'prune_end' ({})", c.prune_begin, c.prune_end);
 }
@@ -527,6 +538,7 @@ nlohmann::json recipe_json(const RunConfig& c) {
     j["sparsity"] = c.sparsity;
     j["initial_sparsity"] = c.initial_sparsity;
     j["prune_distribution"] = c.prune_distribution;
+    j["prune_erk_power"] = c.prune_erk_power;
     j["prune_every"] = c.prune_every;
     j["prune_begin"] = c.prune_begin;
     j["prune_end"] = c.prune_end;

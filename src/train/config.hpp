@@ -56,6 +56,7 @@ struct RunConfig {
   double sparsity = 0.9;                   // final weight sparsity over the pruned tensors, [0, 1)
   double initial_sparsity = 0.0;           // magnitude, dns: start of the cubic schedule
   std::string prune_distribution = "erk";  // uniform | erk | global
+  double prune_erk_power = 1.0;            // erk: density ~ score^power (1 ERK, 0 uniform)
   int64_t prune_every = 100;               // ΔT: steps between mask updates
   double prune_begin = -1.0;  // fraction of the run where pruning starts; < 0: the policy's default
   double prune_end = -1.0;    // fraction of the run where the schedule ends / rigl stops; < 0: default

@@ -156,6 +156,7 @@ PruningOptions pruning_options(const RunConfig& cfg, int64_t total_steps) {
   po.sparsity = cfg.sparsity;
   po.initial_sparsity = cfg.initial_sparsity;
   po.distribution = cfg.prune_distribution;
+  po.erk_power = cfg.prune_erk_power;
   po.total_steps = total_steps;
   po.update_every = cfg.prune_every;
   const auto at = [&](double fraction) {
@@ -375,8 +376,12 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
         out,
         "pruning: {} to {:.0f}% weight sparsity ({} distribution, mask updates every {} steps from step {} "
         "to {}); kernels {} ({}, cost model: {})\n",
-        cfg.prune, 100.0 * cfg.sparsity, cfg.prune_distribution, cfg.prune_every, policy->begin_step(),
-        policy->end_step(), cfg.kernels, sparse_layout ? "NCHW16n activations" : "oneDNN on nChw16c",
+        cfg.prune, 100.0 * cfg.sparsity,
+        cfg.prune_erk_power == 1.0
+            ? cfg.prune_distribution
+            : fmt::format("{} (power {})", cfg.prune_distribution, cfg.prune_erk_power),
+        cfg.prune_every, policy->begin_step(), policy->end_step(), cfg.kernels,
+        sparse_layout ? "NCHW16n activations" : "oneDNN on nChw16c",
         cost_model.source + cost_model_shapes_note(cost_model, *graph, image));
   if (start_epoch > 0) fmt::print(out, "resumed from '{}' after epoch {}\n", cfg.resume, start_epoch);
   std::fflush(out);

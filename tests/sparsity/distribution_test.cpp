@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "core/error.hpp"
 
 using namespace trainer;
@@ -34,6 +36,33 @@ TEST(Erk, EqualShapesGetTheTargetAndExtremesHold) {
   for (double x : erk_densities({{2, 1, 3, 3}, {64, 64}}, 1.0)) EXPECT_DOUBLE_EQ(x, 1.0);
   for (double x : erk_densities({{2, 1, 3, 3}, {64, 64}}, 0.0)) EXPECT_DOUBLE_EQ(x, 0.0);
   EXPECT_THROW(erk_densities({{2, 2}}, 1.5), Error);
+}
+
+// Power p: density proportional to score^p. ResNet-20's two 3x3 shapes of stages 0 and 2, hand-computed:
+// scores 38/2304 and 134/36864; at p = 0.5 the ratio of their densities is sqrt(38/2304 * 36864/134) =
+// 2.1301 (ERK: 4.5373), and the kept weights still add up to the budget. p = 0 is uniform.
+TEST(Erk, PowerTiltsBetweenUniformAndErk) {
+  const std::vector<Shape> shapes = {{16, 16, 3, 3}, {64, 64, 3, 3}};
+  const double n0 = 2304.0, n2 = 36864.0, budget = 0.1 * (n0 + n2);
+  const std::vector<double> erk = erk_densities(shapes, 0.1), half = erk_densities(shapes, 0.1, 0.5),
+                            flat = erk_densities(shapes, 0.1, 0.0);
+  EXPECT_NEAR(erk[0] / erk[1], (38.0 / 2304.0) / (134.0 / 36864.0), 1e-9);
+  EXPECT_NEAR(half[0] / half[1], std::sqrt((38.0 / 2304.0) / (134.0 / 36864.0)), 1e-9);
+  EXPECT_NEAR(half[0] / half[1], 2.1301, 1e-4);
+  EXPECT_NEAR(n0 * half[0] + n2 * half[1], budget, 1e-9);
+  EXPECT_NEAR(flat[0], 0.1, 1e-12);
+  EXPECT_NEAR(flat[1], 0.1, 1e-12);
+  EXPECT_LT(half[0], erk[0]);  // the small layer loses density to the large one
+  EXPECT_GT(half[1], erk[1]);
+  // The default is ERK itself; a power clamps like ERK does (at p = 3 the small layer would be 1.45 dense: it
+  // is kept dense, and the large one takes the rest of the budget).
+  EXPECT_EQ(erk_densities(shapes, 0.1, 1.0), erk);
+  const std::vector<double> steep = erk_densities(shapes, 0.1, 3.0);
+  EXPECT_DOUBLE_EQ(steep[0], 1.0);
+  EXPECT_NEAR(steep[1], 0.04375, 1e-12);
+  EXPECT_NEAR(n0 * steep[0] + n2 * steep[1], budget, 1e-9);
+  EXPECT_THROW(erk_densities(shapes, 0.1, -0.5), Error);
+  EXPECT_THROW(erk_densities(shapes, 0.1, std::nan("")), Error);
 }
 
 TEST(Distribution, ParsesNames) {

@@ -125,6 +125,12 @@ TEST(PruningPolicy, FactoryRejectsBadKindsAndOptions) {
   o.begin_step = 80;
   o.end_step = 50;
   EXPECT_THROW(make_policy("magnitude", o), Error);
+  o = options(0.9, 100, 10, "erk");
+  o.erk_power = -1.0;
+  EXPECT_THROW(make_policy("magnitude", o), Error);
+  o = options(0.9, 100, 10, "uniform");
+  o.erk_power = 0.5;  // applies to erk only
+  EXPECT_THROW(make_policy("magnitude", o), Error);
   for (const char* kind : {"magnitude", "dns", "rigl"})
     EXPECT_STREQ(make_policy(kind, options(0.5, 100, 10))->kind(), kind);
 }
@@ -339,6 +345,20 @@ TEST(MagnitudePolicy, ErkTargetsPerTensor) {
   EXPECT_EQ(p->mask(1).count_pruned(), expected_pruned(1.0 - d[0], 16 * 8 * 9));
   EXPECT_EQ(p->mask(2).count_pruned(), expected_pruned(1.0 - d[1], 32 * 16 * 9));
   EXPECT_NEAR(p->sparsity(), 0.9, 1e-3);
+
+  // With a power, the targets follow erk_densities at that power; the masks still meet them.
+  FakeModel m2 = FakeModel::small(2);
+  o.erk_power = 0.5;
+  auto q = make_policy("magnitude", o);
+  q->attach(m2.tensors());
+  const std::vector<double> h = erk_densities({{16, 8, 3, 3}, {32, 16, 3, 3}}, 0.1, 0.5);
+  EXPECT_NEAR(q->final_sparsity(1), 1.0 - h[0], 1e-12);
+  EXPECT_NEAR(q->final_sparsity(2), 1.0 - h[1], 1e-12);
+  EXPECT_LT(h[0], d[0]);
+  m2.random_grads();
+  q->before_update(1);
+  EXPECT_EQ(q->mask(1).count_pruned(), expected_pruned(1.0 - h[0], 16 * 8 * 9));
+  EXPECT_NEAR(q->sparsity(), 0.9, 1e-3);
 }
 
 TEST(MagnitudePolicy, LayerSparsityOverridesTheDistribution) {

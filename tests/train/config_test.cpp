@@ -132,6 +132,8 @@ TEST_F(ConfigFile, OutOfRangeNamesKey) {
   EXPECT_HAS(error_of("threads: 0\n"), "key 'threads'");
   EXPECT_HAS(error_of("lr: nan\n"), "key 'lr'");
   EXPECT_HAS(error_of("lr: inf\n"), "key 'lr'");
+  EXPECT_HAS(error_of("prune_erk_power: -1\n"), "key 'prune_erk_power': expected a finite number >= 0");
+  EXPECT_HAS(error_of("prune_erk_power: inf\n"), "key 'prune_erk_power'");
 }
 
 TEST_F(ConfigFile, StructuralErrorsNameTheFile) {
@@ -155,6 +157,9 @@ TEST_F(ConfigFile, CrossKeyChecksNameBothKeys) {
   EXPECT_HAS(error_of("schedule: onecycle\nwarmup_epochs: 1\n"), "onecycle");
   EXPECT_HAS(error_of("schedule: cosine\nwarmup_epochs: 1\nwarmup_steps: 5\n"), "not both");
   EXPECT_HAS(error_of("epochs: 2\nstop_after: 3\n"), "'stop_after'");
+  const std::string p = error_of("prune_distribution: uniform\nprune_erk_power: 0.5\n");
+  EXPECT_HAS(p, "'prune_erk_power' (0.5)");
+  EXPECT_HAS(p, "'uniform'");
 }
 
 TEST(Config, CommandLineValuesUseTheSameParser) {
