@@ -166,6 +166,38 @@ TEST_F(SparseTrain, MismatchedResumesAreRefused) {
   EXPECT_HAS(r.err, "holds no pruning state");
 }
 
+// --prune-erk-power: the first stage's 3x3 conv keeps fewer weights as the power falls from ERK (1) toward
+// uniform (0), the last stage's more; at 0 both are at the target. Masks at the target from step 0.
+TEST_F(SparseTrain, ErkPowerMovesDensityFromSmallLayersToLargeOnes) {
+  auto pruned_share = [&](const std::string& power, const std::string& layer) {
+    const std::string m = "erk" + power + ".jsonl";
+    if (!std::filesystem::exists(dir_ / m)) {
+      const Result r = run(kRun +
+                           "--epochs 1 --max-steps 1 --prune magnitude --sparsity 0.9 --initial-sparsity 0.9 "
+                           "--prune-begin 0 --kernels sparse --prune-erk-power " +
+                           power + " --metrics " + m);
+      EXPECT_EQ(r.code, 0) << r.err;
+      if (power != "1") {
+        EXPECT_HAS(r.out, "erk (power " + power + ") distribution");
+      }
+    }
+    const auto lines = metrics(m);
+    if (lines.empty()) return 0.0;
+    for (const auto& row : lines.back().at("layers"))
+      if (row.at("layer") == layer && row.at("phase") == "ff")
+        return row.at("skipped_pruned").get<double>() / row.at("dense_macs").get<double>();
+    ADD_FAILURE() << "no ff row for " << layer;
+    return 0.0;
+  };
+  const std::string first = "stage0.block0.conv0", last = "stage2.block0.conv1";
+  EXPECT_LT(pruned_share("1", first), pruned_share("0.5", first));
+  EXPECT_LT(pruned_share("0.5", first), pruned_share("0", first));
+  EXPECT_GT(pruned_share("1", last), pruned_share("0.5", last));
+  EXPECT_GT(pruned_share("0.5", last), pruned_share("0", last));
+  EXPECT_NEAR(pruned_share("0", first), 0.9, 0.01);
+  EXPECT_NEAR(pruned_share("0", last), 0.9, 0.01);
+}
+
 TEST_F(SparseTrain, BadPruningOptionsAreNamed) {
   Result r = run(kRun + "--prune sometimes");
   EXPECT_EQ(r.code, 2);
@@ -177,6 +209,12 @@ TEST_F(SparseTrain, BadPruningOptionsAreNamed) {
   r = run(kRun + "--prune rigl --prune-distribution erdos");
   EXPECT_NE(r.code, 0);
   EXPECT_HAS(r.err, "erdos");
+  r = run(kRun + "--prune rigl --prune-erk-power -1");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_HAS(r.err, "--prune-erk-power");
+  r = run(kRun + "--prune rigl --prune-distribution uniform --prune-erk-power 0.5");
+  EXPECT_NE(r.code, 0);
+  EXPECT_HAS(r.err, "prune_erk_power");
   r = run(kRun + "--prune magnitude --calibration missing.json");
   EXPECT_EQ(r.code, 1);
   EXPECT_HAS(r.err, "missing.json");
