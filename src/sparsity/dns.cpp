@@ -19,12 +19,18 @@ class DnsPolicy final : public PruningPolicy {
   explicit DnsPolicy(const PruningOptions& o)
       : PruningPolicy(o, std::llround(0.1 * static_cast<double>(o.total_steps))) {
     if (o.dns_c) TRAINER_CHECK(std::isfinite(*o.dns_c), "dns: c must be finite, got {}", *o.dns_c);
+    TRAINER_CHECK(o.dns_dense_every >= 1,
+                  "dns: the dense WG interval (dns_dense_every) must be >= 1 step, got {}",
+                  o.dns_dense_every);
   }
 
   const char* kind() const override { return "dns"; }
   // Surgery after the schedule's end (the paper's) needs the dense gradient at every step; stopped there,
   // the mask is fixed from end_ on and the pruned weights' values no longer matter.
-  bool needs_dense_wg(int64_t step) const override { return options_.dns_surgery_after_end || step < end_; }
+  // dns_dense_every = K > 1: on steps 0, K, 2K, ... only (policy.hpp).
+  bool needs_dense_wg(int64_t step) const override {
+    return (options_.dns_surgery_after_end || step < end_) && step % options_.dns_dense_every == 0;
+  }
   bool is_update_step(int64_t step) const override {
     if (step < begin_ || (!options_.dns_surgery_after_end && step > end_)) return false;
     return (step - begin_) % options_.update_every == 0 || step == end_;
@@ -33,6 +39,7 @@ class DnsPolicy final : public PruningPolicy {
  protected:
   void init_masks() override { prune_to_initial_sparsity(); }
   bool keeps_dense_weights() const override { return true; }
+  double pruned_gradient_scale() const override { return static_cast<double>(options_.dns_dense_every); }
 
   void update_masks(int64_t step) override {
     const std::vector<double> targets = scheduled_targets(step);

@@ -196,7 +196,19 @@ std::vector<uint8_t> PruningPolicy::save_state() const {
 
 void PruningPolicy::before_update(int64_t step) {
   ++stats_.steps;
-  if (needs_dense_wg(step)) ++stats_.dense_wg_steps;
+  const bool dense_wg = needs_dense_wg(step);
+  if (dense_wg) ++stats_.dense_wg_steps;
+  if (const double scale = pruned_gradient_scale(); dense_wg && scale != 1.0) {
+    // Before the masks move: the positions that were pruned while this step's gradient was computed.
+    const auto f = static_cast<float>(scale);
+    for (auto& s : slots_) {
+      if (!s.prunable) continue;
+      check_grad(s.t);
+      float* g = s.t.grad->data();
+      for (int64_t i = 0; i < s.mask.size(); ++i)
+        if (!s.mask.kept(i)) g[i] *= f;
+    }
+  }
   if (is_update_step(step)) {
     stats_.last_pruned = stats_.last_grown = 0;
     update_masks(step);
@@ -211,7 +223,7 @@ void PruningPolicy::before_update(int64_t step) {
     if (keeps_dense_weights()) {
       // SGD updates the dense weights with the dense gradient of the masked network (DNS).
       std::memcpy(s.t.weight->data(), s.dense.data(), sizeof(float) * static_cast<size_t>(s.dense.numel()));
-      if (!needs_dense_wg(step)) {  // WG ran at the kept positions only: no gradient for the pruned ones
+      if (!dense_wg) {  // WG ran at the kept positions only: no gradient for the pruned ones
         check_grad(s.t);
         mask_gradient(s.mask, *s.t.grad);
       }
@@ -337,6 +349,9 @@ const Mask* PruningPolicy::find_mask(const std::string& name) const {
 }
 
 std::unique_ptr<PruningPolicy> make_policy(const std::string& kind, const PruningOptions& options) {
+  TRAINER_CHECK(options.dns_dense_every == 1 || kind == "dns",
+                "pruning: a dense WG every {} steps (dns_dense_every) applies to policy 'dns' only, not '{}'",
+                options.dns_dense_every, kind);
   if (kind == "magnitude") return make_magnitude_policy(options);
   if (kind == "dns") return make_dns_policy(options);
   if (kind == "rigl") return make_rigl_policy(options);

@@ -20,6 +20,12 @@
 //               Updates every ΔT steps, following the cubic schedule until end_step and holding the
 //               final target (still splicing) after it; with dns_surgery_after_end false the last update is
 //               at end_step, and from then on the mask is fixed and no dense WG is needed.
+//               dns_dense_every = K > 1 trades the dense gradient of every step for one every K steps
+//               (steps 0, K, 2K, ...): on the steps between, the pruned weights get no gradient (weight
+//               decay and momentum still move them), and on a dense step their gradient is multiplied by
+//               K, so that over K steps a pruned weight receives about the gradient it would have summed
+//               under K = 1 (an estimate: the gradient of one step stands for K). Kept weights get their
+//               gradient on every step either way.
 //  - rigl:      RigL (Evci et al. 2020). Per-tensor sparsity fixed from the start (random initial mask of
 //               that sparsity, from the distribution); every ΔT steps drop the fraction
 //               α_t = α/2·(1 + cos(π t / T_end)) of the active weights with the smallest |w| and grow as
@@ -96,6 +102,8 @@ struct PruningOptions {
   std::optional<double> dns_c;       // fixed c of t = μ + c·σ; unset: solved to follow the schedule
   bool dns_surgery_after_end = true;  // dns: keep pruning and splicing after end_step (the paper's), or
                                       //   fix the mask there (no dense WG from then on)
+  int64_t dns_dense_every = 1;        // dns: the dense WG on every K-th step only (1: every step, the
+                                      //   paper's); its gradient at pruned positions counts K times
   bool keep_first_last_dense = true;
   std::vector<std::string> keep_dense;           // more tensors kept dense, by name
   std::map<std::string, double> layer_sparsity;  // final target per tensor name, overriding the distribution
@@ -121,8 +129,8 @@ class PruningPolicy {
 
   virtual const char* kind() const = 0;
   // Whether the layers must compute WG at every position at this step (counted in stats() by
-  // before_update). magnitude: never; dns: always (until end_step under dns_surgery_after_end false); rigl:
-  // on its update steps.
+  // before_update). magnitude: never; dns: always (until end_step under dns_surgery_after_end false; every
+  // dns_dense_every-th step); rigl: on its update steps.
   virtual bool needs_dense_wg(int64_t step) const = 0;
   virtual bool is_update_step(int64_t step) const = 0;
 
@@ -191,6 +199,9 @@ class PruningPolicy {
   void prune_to_initial_sparsity();
   virtual void update_masks(int64_t step) = 0;
   virtual bool keeps_dense_weights() const { return false; }
+  // On a dense-WG step, the factor before_update applies to the gradient at the positions pruned during
+  // the step (dns with dns_dense_every = K: K, the steps that one dense gradient stands for).
+  virtual double pruned_gradient_scale() const { return 1.0; }
 
   // Counts the transitions from `before` to slot.mask; zeroes weights (unless dense weights are kept) and
   // momentum where a weight was pruned; where one was grown and zero_grown, zeroes weight, momentum and

@@ -287,6 +287,11 @@ const std::vector<Entry>& entries() {
          c.dns_surgery = parse_choice(t, w, {"always", "schedule"});
        },
        get_str(&C::dns_surgery)},
+      {{"dns_dense_every", "dns-dense-every", "N",
+        "dns: the dense WG (the gradient of the pruned weights) on every N-th step only, that gradient "
+        "counted N times (1 = every step, as in the paper)"},
+       pos_int(&C::dns_dense_every, 1, "an integer >= 1"),
+       get_int(&C::dns_dense_every)},
       {{"prune_first_last", "prune-first-last", "",
         "also prune the first convolution and the last linear layer"},
        set_bool(&C::prune_first_last),
@@ -480,6 +485,9 @@ void validate(const RunConfig& c) {
   TRAINER_CHECK(c.prune_erk_power == 1.0 || c.prune_distribution == "erk",
                 "config: 'prune_erk_power' ({}) applies to prune_distribution 'erk' only (it is '{}')",
                 c.prune_erk_power, c.prune_distribution);
+  TRAINER_CHECK(c.dns_dense_every == 1 || c.prune == "dns",
+                "config: 'dns_dense_every' ({}) applies to prune 'dns' only (it is '{}')", c.dns_dense_every,
+                c.prune);
   TRAINER_CHECK(c.prune_begin < 0.0 || c.prune_end < 0.0 || c.prune_begin <= c.prune_end,
                 "config: 'prune_begin' ({}) is after 'prune_end' ({})", c.prune_begin, c.prune_end);
 }
@@ -544,6 +552,7 @@ nlohmann::json recipe_json(const RunConfig& c) {
     j["prune_end"] = c.prune_end;
     j["rigl_alpha"] = c.rigl_alpha;
     j["dns_surgery"] = c.dns_surgery;
+    j["dns_dense_every"] = c.dns_dense_every;
     j["prune_first_last"] = c.prune_first_last;
   }
   return j;

@@ -166,6 +166,7 @@ PruningOptions pruning_options(const RunConfig& cfg, int64_t total_steps) {
   if (cfg.prune_end >= 0.0) po.end_step = at(cfg.prune_end);
   po.rigl_alpha = cfg.rigl_alpha;
   po.dns_surgery_after_end = cfg.dns_surgery == "always";
+  po.dns_dense_every = cfg.dns_dense_every;
   po.keep_first_last_dense = !cfg.prune_first_last;
   po.seed = cfg.seed;
   return po;
@@ -375,13 +376,14 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
     fmt::print(
         out,
         "pruning: {} to {:.0f}% weight sparsity ({} distribution, mask updates every {} steps from step {} "
-        "to {}); kernels {} ({}, cost model: {})\n",
+        "to {}{}); kernels {} ({}, cost model: {})\n",
         cfg.prune, 100.0 * cfg.sparsity,
         cfg.prune_erk_power == 1.0
             ? cfg.prune_distribution
             : fmt::format("{} (power {})", cfg.prune_distribution, cfg.prune_erk_power),
-        cfg.prune_every, policy->begin_step(), policy->end_step(), cfg.kernels,
-        sparse_layout ? "NCHW16n activations" : "oneDNN on nChw16c",
+        cfg.prune_every, policy->begin_step(), policy->end_step(),
+        cfg.dns_dense_every > 1 ? fmt::format("; dense WG every {} steps", cfg.dns_dense_every) : "",
+        cfg.kernels, sparse_layout ? "NCHW16n activations" : "oneDNN on nChw16c",
         cost_model.source + cost_model_shapes_note(cost_model, *graph, image));
   if (start_epoch > 0) fmt::print(out, "resumed from '{}' after epoch {}\n", cfg.resume, start_epoch);
   std::fflush(out);

@@ -107,6 +107,22 @@ TEST_F(SparseTrain, DnsScheduleSurgeryEndsTheDenseWgWithTheSchedule) {
   expect_work_adds_up(lines.back().at("work"));
 }
 
+// --dns-dense-every 3: the dense WG on 6 of the 18 steps, said in the header and counted in the metrics;
+// the schedule still reaches its target.
+TEST_F(SparseTrain, DnsDenseWgEveryNSteps) {
+  const Result r = run(kRun +
+                       "--epochs 3 --prune dns --dns-dense-every 3 --sparsity 0.8 --prune-every 2 "
+                       "--prune-begin 0 --prune-end 0.5 --prune-distribution uniform --no-ops-summary "
+                       "--metrics d.jsonl");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_HAS(r.out, "dense WG every 3 steps");
+  const auto lines = metrics("d.jsonl");
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines.back().at("dense_wg_steps").get<int64_t>(), 6);
+  EXPECT_NEAR(lines.back().at("sparsity").get<double>(), 0.8, 0.01);
+  expect_work_adds_up(lines.back().at("work"));
+}
+
 TEST_F(SparseTrain, SparseAndDenseKernelsTrainTheSameNumbers) {
   const std::string recipe = kRun + "--epochs 1 --max-steps 4 --prune magnitude --sparsity 0.7 --prune-every 1 "
                                     "--prune-begin 0 --prune-end 0.5 --no-ops-summary ";
@@ -215,6 +231,12 @@ TEST_F(SparseTrain, BadPruningOptionsAreNamed) {
   r = run(kRun + "--prune rigl --prune-distribution uniform --prune-erk-power 0.5");
   EXPECT_NE(r.code, 0);
   EXPECT_HAS(r.err, "prune_erk_power");
+  r = run(kRun + "--prune dns --dns-dense-every 0");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_HAS(r.err, "--dns-dense-every");
+  r = run(kRun + "--prune rigl --dns-dense-every 2");
+  EXPECT_NE(r.code, 0);
+  EXPECT_HAS(r.err, "dns_dense_every");
   r = run(kRun + "--prune magnitude --calibration missing.json");
   EXPECT_EQ(r.code, 1);
   EXPECT_HAS(r.err, "missing.json");

@@ -131,6 +131,13 @@ TEST(PruningPolicy, FactoryRejectsBadKindsAndOptions) {
   o = options(0.9, 100, 10, "uniform");
   o.erk_power = 0.5;  // applies to erk only
   EXPECT_THROW(make_policy("magnitude", o), Error);
+  o = options(0.9, 100, 10);
+  o.dns_dense_every = 0;
+  EXPECT_THROW(make_policy("dns", o), Error);
+  o.dns_dense_every = 2;  // applies to dns only
+  EXPECT_THROW(make_policy("rigl", o), Error);
+  EXPECT_THROW(make_policy("magnitude", o), Error);
+  EXPECT_STREQ(make_policy("dns", o)->kind(), "dns");
   for (const char* kind : {"magnitude", "dns", "rigl"})
     EXPECT_STREQ(make_policy(kind, options(0.5, 100, 10))->kind(), kind);
 }
@@ -446,6 +453,87 @@ TEST(DnsPolicy, ScheduleSurgeryFixesTheMaskAtTheScheduleEnd) {
   EXPECT_EQ(p->stats().dense_wg_steps, 200);
   for (size_t i = 0; i < p->size(); ++i) EXPECT_EQ(p->mask(i), at_end[i]) << i;
   EXPECT_NEAR(p->sparsity(), 0.75, 1e-3);
+}
+
+// --dns-dense-every K: the dense WG on steps 0, K, 2K, ... only; on those the gradient at the positions
+// pruned during the step counts K times, on the others the pruned positions get none.
+TEST(DnsPolicy, DenseWgEveryKStepsScalesThePrunedGradient) {
+  FakeModel m = FakeModel::small(3);
+  auto o = options(0.75, 300, 10, "erk");
+  o.begin_step = 20;
+  o.end_step = 200;
+  o.dns_dense_every = 4;
+  auto p = make_policy("dns", o);
+  p->attach(m.tensors());
+  int64_t spliced = 0, scaled = 0;
+  for (int64_t t = 0; t < 300; ++t) {
+    const bool dense = t % 4 == 0;
+    ASSERT_EQ(p->needs_dense_wg(t), dense) << t;
+    m.random_grads(1.0f);
+    std::vector<Mask> before;
+    std::vector<std::vector<float>> g0;
+    for (size_t i = 0; i < p->size(); ++i) {
+      before.push_back(p->mask(i));
+      const Tensor& g = *p->tensor(i).grad;
+      g0.emplace_back(g.data(), g.data() + g.numel());
+    }
+    p->before_update(t);
+    for (size_t i = 0; i < p->size(); ++i) {
+      const float* g = p->tensor(i).grad->data();
+      for (int64_t j = 0; j < p->mask(i).size(); ++j) {
+        const float was = g0[i][static_cast<size_t>(j)];
+        if (dense) {
+          ASSERT_EQ(g[j], before[i].kept(j) ? was : 4.0f * was) << t << " " << i << " " << j;
+          scaled += !before[i].kept(j);
+        } else {
+          ASSERT_EQ(g[j], p->mask(i).kept(j) ? was : 0.0f) << t << " " << i << " " << j;
+        }
+      }
+    }
+    m.sgd->step(0.2f);
+    p->after_update(t);
+    if (p->is_update_step(t)) spliced += p->stats().last_grown;
+    expect_pruned_are_zero(*p);
+  }
+  EXPECT_GT(scaled, 0);
+  EXPECT_GT(spliced, 0);  // the pruned weights still move (by the scaled gradient): some come back
+  EXPECT_EQ(p->stats().dense_wg_steps, 75);
+  EXPECT_NEAR(p->sparsity(), 0.75, 1e-3);
+}
+
+// With the same gradient at every step (no momentum, no weight decay), K = 4 moves a pruned weight's dense
+// value as far over 8 steps as K = 1 does: two scaled gradients stand for eight plain ones.
+TEST(DnsPolicy, DenseWgEveryKStepsMovesPrunedWeightsAsFarAsEveryStep) {
+  std::vector<std::vector<float>> dense;
+  for (int64_t k : {1, 4}) {
+    FakeModel m({{"fc.weight", {10, 10}}}, 1, SgdOptions{0.0f, false, 0.0f});
+    float* w = m.params[0]->value.data();
+    for (int64_t i = 0; i < 100; ++i) w[i] = (i % 2 ? -1.0f : 1.0f) * (i < 50 ? 1.0f : 0.1f);
+    auto o = options(0.5, 100, 100);
+    o.initial_sparsity = 0.5;  // pruned from attach on: step 0's gradient already stands for 4 steps
+    o.begin_step = 0;
+    o.end_step = 50;
+    o.keep_first_last_dense = false;
+    o.dns_c = 0.0;
+    o.dns_dense_every = k;
+    auto p = make_policy("dns", o);
+    p->attach(m.tensors());
+    ASSERT_EQ(p->mask(0).count_pruned(), 50);
+    for (int64_t t = 0; t < 8; ++t) {
+      m.params[0]->grad.fill(0.01f);
+      p->before_update(t);
+      m.sgd->step(0.5f);
+      p->after_update(t);
+    }
+    for (int64_t i = 0; i < 100; ++i) ASSERT_EQ(p->mask(0).kept(i), i < 50) << i;
+    const Tensor& d = p->dense_weight(0);
+    dense.emplace_back(d.data(), d.data() + d.numel());
+  }
+  for (size_t i = 0; i < 100; ++i) {
+    const float start = (i % 2 ? -1.0f : 1.0f) * (i < 50 ? 1.0f : 0.1f);
+    EXPECT_NEAR(dense[0][i], start - 8 * 0.5f * 0.01f, 1e-6) << i;
+    EXPECT_NEAR(dense[1][i], dense[0][i], 1e-6) << i;
+  }
 }
 
 // DNS's rule with a fixed c = 0 (t = μ): prune below 0.9t, splice from 1.1t, keep the state in between.

@@ -121,6 +121,7 @@ TEST_F(ConfigFile, WrongTypeNamesKeyAndExpectation) {
   EXPECT_HAS(error_of("schedule: linear\n"),
              "key 'schedule': expected one of constant, step, cosine or onecycle");
   EXPECT_HAS(error_of("dns_surgery: never\n"), "key 'dns_surgery': expected one of always or schedule");
+  EXPECT_HAS(error_of("dns_dense_every: 0\n"), "key 'dns_dense_every': expected an integer >= 1");
   EXPECT_HAS(error_of("data: mnist\n"), "key 'data'");
   EXPECT_HAS(error_of("synthetic_shape: 3x0x8\n"), "key 'synthetic_shape'");
 }
@@ -160,6 +161,9 @@ TEST_F(ConfigFile, CrossKeyChecksNameBothKeys) {
   const std::string p = error_of("prune_distribution: uniform\nprune_erk_power: 0.5\n");
   EXPECT_HAS(p, "'prune_erk_power' (0.5)");
   EXPECT_HAS(p, "'uniform'");
+  const std::string d = error_of("prune: rigl\ndns_dense_every: 4\n");
+  EXPECT_HAS(d, "'dns_dense_every' (4)");
+  EXPECT_HAS(d, "'rigl'");
 }
 
 TEST(Config, CommandLineValuesUseTheSameParser) {
