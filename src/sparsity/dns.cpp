@@ -22,6 +22,9 @@ class DnsPolicy final : public PruningPolicy {
     TRAINER_CHECK(o.dns_dense_every >= 1,
                   "dns: the dense WG interval (dns_dense_every) must be >= 1 step, got {}",
                   o.dns_dense_every);
+    TRAINER_CHECK(std::isfinite(o.dns_dense_scale) && o.dns_dense_scale > 0.0,
+                  "dns: the dense WG's scale (dns_dense_scale) must be a finite number > 0, got {}",
+                  o.dns_dense_scale);
   }
 
   const char* kind() const override { return "dns"; }
@@ -39,7 +42,7 @@ class DnsPolicy final : public PruningPolicy {
  protected:
   void init_masks() override { prune_to_initial_sparsity(); }
   bool keeps_dense_weights() const override { return true; }
-  double pruned_gradient_scale() const override { return static_cast<double>(options_.dns_dense_every); }
+  double pruned_gradient_scale() const override { return options_.dns_dense_scale; }
 
   void update_masks(int64_t step) override {
     const std::vector<double> targets = scheduled_targets(step);

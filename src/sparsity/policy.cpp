@@ -352,6 +352,9 @@ std::unique_ptr<PruningPolicy> make_policy(const std::string& kind, const Prunin
   TRAINER_CHECK(options.dns_dense_every == 1 || kind == "dns",
                 "pruning: a dense WG every {} steps (dns_dense_every) applies to policy 'dns' only, not '{}'",
                 options.dns_dense_every, kind);
+  TRAINER_CHECK(options.dns_dense_scale == 1.0 || kind == "dns",
+                "pruning: a dense WG scale of {} (dns_dense_scale) applies to policy 'dns' only, not '{}'",
+                options.dns_dense_scale, kind);
   if (kind == "magnitude") return make_magnitude_policy(options);
   if (kind == "dns") return make_dns_policy(options);
   if (kind == "rigl") return make_rigl_policy(options);

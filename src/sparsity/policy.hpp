@@ -22,10 +22,11 @@
 //               at end_step, and from then on the mask is fixed and no dense WG is needed.
 //               dns_dense_every = K > 1 trades the dense gradient of every step for one every K steps
 //               (steps 0, K, 2K, ...): on the steps between, the pruned weights get no gradient (weight
-//               decay and momentum still move them), and on a dense step their gradient is multiplied by
-//               K, so that over K steps a pruned weight receives about the gradient it would have summed
-//               under K = 1 (an estimate: the gradient of one step stands for K). Kept weights get their
-//               gradient on every step either way.
+//               decay and momentum still move them); kept weights get theirs on every step either way.
+//               On a dense step the pruned positions' gradient is multiplied by dns_dense_scale: 1 (the
+//               default) lets a pruned weight move by one step's gradient in K, so the surgery splices
+//               back fewer weights; K makes the sum over K steps an unbiased estimate of the paper's, at
+//               K times one step's noise (measured: at K = 10 it destabilises training; docs/benchmarks.md).
 //  - rigl:      RigL (Evci et al. 2020). Per-tensor sparsity fixed from the start (random initial mask of
 //               that sparsity, from the distribution); every ΔT steps drop the fraction
 //               α_t = α/2·(1 + cos(π t / T_end)) of the active weights with the smallest |w| and grow as
@@ -103,7 +104,8 @@ struct PruningOptions {
   bool dns_surgery_after_end = true;  // dns: keep pruning and splicing after end_step (the paper's), or
                                       //   fix the mask there (no dense WG from then on)
   int64_t dns_dense_every = 1;        // dns: the dense WG on every K-th step only (1: every step, the
-                                      //   paper's); its gradient at pruned positions counts K times
+                                      //   paper's)
+  double dns_dense_scale = 1.0;       // dns: on a dense-WG step, the pruned positions' gradient times this
   bool keep_first_last_dense = true;
   std::vector<std::string> keep_dense;           // more tensors kept dense, by name
   std::map<std::string, double> layer_sparsity;  // final target per tensor name, overriding the distribution
@@ -200,7 +202,7 @@ class PruningPolicy {
   virtual void update_masks(int64_t step) = 0;
   virtual bool keeps_dense_weights() const { return false; }
   // On a dense-WG step, the factor before_update applies to the gradient at the positions pruned during
-  // the step (dns with dns_dense_every = K: K, the steps that one dense gradient stands for).
+  // the step (dns: dns_dense_scale).
   virtual double pruned_gradient_scale() const { return 1.0; }
 
   // Counts the transitions from `before` to slot.mask; zeroes weights (unless dense weights are kept) and

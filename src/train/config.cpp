@@ -288,10 +288,18 @@ const std::vector<Entry>& entries() {
        },
        get_str(&C::dns_surgery)},
       {{"dns_dense_every", "dns-dense-every", "N",
-        "dns: the dense WG (the gradient of the pruned weights) on every N-th step only, that gradient "
-        "counted N times (1 = every step, as in the paper)"},
+        "dns: the dense WG (the gradient of the pruned weights) on every N-th step only (1 = every step, as "
+        "in the paper)"},
        pos_int(&C::dns_dense_every, 1, "an integer >= 1"),
        get_int(&C::dns_dense_every)},
+      {{"dns_dense_scale", "dns-dense-scale", "FLOAT",
+        "dns: the pruned weights' gradient on a dense-WG step times this, > 0 (1 by default; N of "
+        "--dns-dense-every makes it an unbiased but noisy estimate of every step's)"},
+       [](C& c, S t, S w) {
+         c.dns_dense_scale =
+             parse_double(t, w, "a finite number > 0", [](double v) { return std::isfinite(v) && v > 0.0; });
+       },
+       get_double(&C::dns_dense_scale)},
       {{"prune_first_last", "prune-first-last", "",
         "also prune the first convolution and the last linear layer"},
        set_bool(&C::prune_first_last),
@@ -488,6 +496,9 @@ void validate(const RunConfig& c) {
   TRAINER_CHECK(c.dns_dense_every == 1 || c.prune == "dns",
                 "config: 'dns_dense_every' ({}) applies to prune 'dns' only (it is '{}')", c.dns_dense_every,
                 c.prune);
+  TRAINER_CHECK(c.dns_dense_scale == 1.0 || c.prune == "dns",
+                "config: 'dns_dense_scale' ({}) applies to prune 'dns' only (it is '{}')", c.dns_dense_scale,
+                c.prune);
   TRAINER_CHECK(c.prune_begin < 0.0 || c.prune_end < 0.0 || c.prune_begin <= c.prune_end,
                 "config: 'prune_begin' ({}) is after 'prune_end' ({})", c.prune_begin, c.prune_end);
 }
@@ -553,6 +564,7 @@ nlohmann::json recipe_json(const RunConfig& c) {
     j["rigl_alpha"] = c.rigl_alpha;
     j["dns_surgery"] = c.dns_surgery;
     j["dns_dense_every"] = c.dns_dense_every;
+    j["dns_dense_scale"] = c.dns_dense_scale;
     j["prune_first_last"] = c.prune_first_last;
   }
   return j;

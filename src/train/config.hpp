@@ -63,6 +63,7 @@ struct RunConfig {
   double rigl_alpha = 0.3;    // rigl: initial drop fraction
   std::string dns_surgery = "always";  // dns: always (prune and splice to the last step) | schedule
   int64_t dns_dense_every = 1;         // dns: a dense WG every N steps (1: every step, the paper's)
+  double dns_dense_scale = 1.0;        // dns: pruned positions' gradient on a dense-WG step times this
   bool prune_first_last = false;       // also prune the first conv and the last linear (kept dense otherwise)
   std::string kernels = "auto";        // auto | dense | sparse: which conv kernels a sparse run may use
   std::string calibration;             // cost model from `trainer calibrate`; empty: built-in defaults

@@ -167,6 +167,7 @@ PruningOptions pruning_options(const RunConfig& cfg, int64_t total_steps) {
   po.rigl_alpha = cfg.rigl_alpha;
   po.dns_surgery_after_end = cfg.dns_surgery == "always";
   po.dns_dense_every = cfg.dns_dense_every;
+  po.dns_dense_scale = cfg.dns_dense_scale;
   po.keep_first_last_dense = !cfg.prune_first_last;
   po.seed = cfg.seed;
   return po;
@@ -382,7 +383,10 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
             ? cfg.prune_distribution
             : fmt::format("{} (power {})", cfg.prune_distribution, cfg.prune_erk_power),
         cfg.prune_every, policy->begin_step(), policy->end_step(),
-        cfg.dns_dense_every > 1 ? fmt::format("; dense WG every {} steps", cfg.dns_dense_every) : "",
+        cfg.dns_dense_every > 1 || cfg.dns_dense_scale != 1.0
+            ? fmt::format("; dense WG every {} steps, pruned gradient x{}", cfg.dns_dense_every,
+                          cfg.dns_dense_scale)
+            : "",
         cfg.kernels, sparse_layout ? "NCHW16n activations" : "oneDNN on nChw16c",
         cost_model.source + cost_model_shapes_note(cost_model, *graph, image));
   if (start_epoch > 0) fmt::print(out, "resumed from '{}' after epoch {}\n", cfg.resume, start_epoch);
@@ -517,6 +521,8 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
       line["scheduled_sparsity"] = policy->scheduled_sparsity(global_step - 1);
       line["mask_updates"] = policy->stats().mask_updates;
       line["dense_wg_steps"] = policy->stats().dense_wg_steps;
+      line["total_pruned"] = policy->stats().total_pruned;  // mask churn: kept -> pruned, whole run
+      line["total_grown"] = policy->stats().total_grown;    // pruned -> kept (dns splice, rigl grow)
     }
     metrics.write(line);
 

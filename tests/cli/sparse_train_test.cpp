@@ -75,6 +75,15 @@ TEST_F(SparseTrain, EachPolicyReachesItsTargetAndSkipsThePrunedWork) {
     }
     if (policy == "magnitude") {
       EXPECT_EQ(last.at("dense_wg_steps").get<int64_t>(), 0);
+      EXPECT_EQ(last.at("total_grown").get<int64_t>(), 0);  // pruned weights stay pruned
+    }
+    // The churn counters (transitions over the run). rigl's sparsity is fixed from its initial mask, so
+    // each update grows as many as it drops; the gradual schedules prune more than they splice back.
+    if (policy == "rigl") {
+      EXPECT_GT(last.at("total_grown").get<int64_t>(), 0);
+      EXPECT_EQ(last.at("total_pruned").get<int64_t>(), last.at("total_grown").get<int64_t>());
+    } else {
+      EXPECT_GT(last.at("total_pruned").get<int64_t>(), last.at("total_grown").get<int64_t>());
     }
     EXPECT_TRUE(std::isfinite(last.at("test_loss").get<double>()));
     // Per layer and phase: each row adds up, and the rows of a phase sum to the phase's totals.
@@ -115,7 +124,7 @@ TEST_F(SparseTrain, DnsDenseWgEveryNSteps) {
                        "--prune-begin 0 --prune-end 0.5 --prune-distribution uniform --no-ops-summary "
                        "--metrics d.jsonl");
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_HAS(r.out, "dense WG every 3 steps");
+  EXPECT_HAS(r.out, "dense WG every 3 steps, pruned gradient x1");
   const auto lines = metrics("d.jsonl");
   ASSERT_EQ(lines.size(), 3u);
   EXPECT_EQ(lines.back().at("dense_wg_steps").get<int64_t>(), 6);
@@ -237,6 +246,9 @@ TEST_F(SparseTrain, BadPruningOptionsAreNamed) {
   r = run(kRun + "--prune rigl --dns-dense-every 2");
   EXPECT_NE(r.code, 0);
   EXPECT_HAS(r.err, "dns_dense_every");
+  r = run(kRun + "--prune dns --dns-dense-scale -2");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_HAS(r.err, "--dns-dense-scale");
   r = run(kRun + "--prune magnitude --calibration missing.json");
   EXPECT_EQ(r.code, 1);
   EXPECT_HAS(r.err, "missing.json");

@@ -138,6 +138,14 @@ TEST(PruningPolicy, FactoryRejectsBadKindsAndOptions) {
   EXPECT_THROW(make_policy("rigl", o), Error);
   EXPECT_THROW(make_policy("magnitude", o), Error);
   EXPECT_STREQ(make_policy("dns", o)->kind(), "dns");
+  o.dns_dense_every = 1;
+  for (double bad : {0.0, -1.0, std::nan("")}) {
+    o.dns_dense_scale = bad;
+    EXPECT_THROW(make_policy("dns", o), Error) << bad;
+  }
+  o.dns_dense_scale = 2.0;  // applies to dns only
+  EXPECT_THROW(make_policy("rigl", o), Error);
+  EXPECT_STREQ(make_policy("dns", o)->kind(), "dns");
   for (const char* kind : {"magnitude", "dns", "rigl"})
     EXPECT_STREQ(make_policy(kind, options(0.5, 100, 10))->kind(), kind);
 }
@@ -456,13 +464,15 @@ TEST(DnsPolicy, ScheduleSurgeryFixesTheMaskAtTheScheduleEnd) {
 }
 
 // --dns-dense-every K: the dense WG on steps 0, K, 2K, ... only; on those the gradient at the positions
-// pruned during the step counts K times, on the others the pruned positions get none.
+// pruned during the step is multiplied by --dns-dense-scale (here 3), on the others the pruned positions
+// get none.
 TEST(DnsPolicy, DenseWgEveryKStepsScalesThePrunedGradient) {
   FakeModel m = FakeModel::small(3);
   auto o = options(0.75, 300, 10, "erk");
   o.begin_step = 20;
   o.end_step = 200;
   o.dns_dense_every = 4;
+  o.dns_dense_scale = 3.0;
   auto p = make_policy("dns", o);
   p->attach(m.tensors());
   int64_t spliced = 0, scaled = 0;
@@ -483,7 +493,7 @@ TEST(DnsPolicy, DenseWgEveryKStepsScalesThePrunedGradient) {
       for (int64_t j = 0; j < p->mask(i).size(); ++j) {
         const float was = g0[i][static_cast<size_t>(j)];
         if (dense) {
-          ASSERT_EQ(g[j], before[i].kept(j) ? was : 4.0f * was) << t << " " << i << " " << j;
+          ASSERT_EQ(g[j], before[i].kept(j) ? was : 3.0f * was) << t << " " << i << " " << j;
           scaled += !before[i].kept(j);
         } else {
           ASSERT_EQ(g[j], p->mask(i).kept(j) ? was : 0.0f) << t << " " << i << " " << j;
@@ -501,11 +511,12 @@ TEST(DnsPolicy, DenseWgEveryKStepsScalesThePrunedGradient) {
   EXPECT_NEAR(p->sparsity(), 0.75, 1e-3);
 }
 
-// With the same gradient at every step (no momentum, no weight decay), K = 4 moves a pruned weight's dense
-// value as far over 8 steps as K = 1 does: two scaled gradients stand for eight plain ones.
-TEST(DnsPolicy, DenseWgEveryKStepsMovesPrunedWeightsAsFarAsEveryStep) {
+// With the same gradient at every step (no momentum, no weight decay), K = 4 with the scale 4 moves a
+// pruned weight's dense value as far over 8 steps as K = 1 does (two scaled gradients stand for eight
+// plain ones); with the default scale 1 a pruned weight moves a quarter as far, a kept one as far.
+TEST(DnsPolicy, DenseWgEveryKStepsMovesPrunedWeightsByTheScaledGradient) {
   std::vector<std::vector<float>> dense;
-  for (int64_t k : {1, 4}) {
+  for (const auto& [k, scale] : std::vector<std::pair<int64_t, double>>{{1, 1.0}, {4, 4.0}, {4, 1.0}}) {
     FakeModel m({{"fc.weight", {10, 10}}}, 1, SgdOptions{0.0f, false, 0.0f});
     float* w = m.params[0]->value.data();
     for (int64_t i = 0; i < 100; ++i) w[i] = (i % 2 ? -1.0f : 1.0f) * (i < 50 ? 1.0f : 0.1f);
@@ -516,6 +527,7 @@ TEST(DnsPolicy, DenseWgEveryKStepsMovesPrunedWeightsAsFarAsEveryStep) {
     o.keep_first_last_dense = false;
     o.dns_c = 0.0;
     o.dns_dense_every = k;
+    o.dns_dense_scale = scale;
     auto p = make_policy("dns", o);
     p->attach(m.tensors());
     ASSERT_EQ(p->mask(0).count_pruned(), 50);
@@ -533,6 +545,7 @@ TEST(DnsPolicy, DenseWgEveryKStepsMovesPrunedWeightsAsFarAsEveryStep) {
     const float start = (i % 2 ? -1.0f : 1.0f) * (i < 50 ? 1.0f : 0.1f);
     EXPECT_NEAR(dense[0][i], start - 8 * 0.5f * 0.01f, 1e-6) << i;
     EXPECT_NEAR(dense[1][i], dense[0][i], 1e-6) << i;
+    EXPECT_NEAR(dense[2][i], start - (i < 50 ? 8 : 2) * 0.5f * 0.01f, 1e-6) << i;
   }
 }
 

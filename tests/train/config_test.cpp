@@ -122,6 +122,7 @@ TEST_F(ConfigFile, WrongTypeNamesKeyAndExpectation) {
              "key 'schedule': expected one of constant, step, cosine or onecycle");
   EXPECT_HAS(error_of("dns_surgery: never\n"), "key 'dns_surgery': expected one of always or schedule");
   EXPECT_HAS(error_of("dns_dense_every: 0\n"), "key 'dns_dense_every': expected an integer >= 1");
+  EXPECT_HAS(error_of("dns_dense_scale: 0\n"), "key 'dns_dense_scale': expected a finite number > 0");
   EXPECT_HAS(error_of("data: mnist\n"), "key 'data'");
   EXPECT_HAS(error_of("synthetic_shape: 3x0x8\n"), "key 'synthetic_shape'");
 }
@@ -164,6 +165,7 @@ TEST_F(ConfigFile, CrossKeyChecksNameBothKeys) {
   const std::string d = error_of("prune: rigl\ndns_dense_every: 4\n");
   EXPECT_HAS(d, "'dns_dense_every' (4)");
   EXPECT_HAS(d, "'rigl'");
+  EXPECT_HAS(error_of("prune: magnitude\ndns_dense_scale: 2\n"), "'dns_dense_scale' (2)");
 }
 
 TEST(Config, CommandLineValuesUseTheSameParser) {
