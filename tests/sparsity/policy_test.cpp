@@ -521,7 +521,7 @@ TEST(DnsPolicy, DenseWgEveryKStepsMovesPrunedWeightsByTheScaledGradient) {
     float* w = m.params[0]->value.data();
     for (int64_t i = 0; i < 100; ++i) w[i] = (i % 2 ? -1.0f : 1.0f) * (i < 50 ? 1.0f : 0.1f);
     auto o = options(0.5, 100, 100);
-    o.initial_sparsity = 0.5;  // pruned from attach on: step 0's gradient already stands for 4 steps
+    o.initial_sparsity = 0.5;  // pruned from attach on, so step 0 already scales the pruned gradient
     o.begin_step = 0;
     o.end_step = 50;
     o.keep_first_last_dense = false;
