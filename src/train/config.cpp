@@ -249,8 +249,8 @@ const std::vector<Entry>& entries() {
        },
        get_str(&C::prune_distribution)},
       {{"prune_erk_power", "prune-erk-power", "FLOAT",
-        "erk: density proportional to the ERK score to this power, >= 0 (1 = ERK, 0 = uniform; between, "
-        "a milder tilt toward small layers)"},
+        "erk: density proportional to the ERK score to this power, >= 0 (1 = ERK as published, 0 = "
+        "uniform; between, a milder tilt toward small layers)"},
        [](C& c, S t, S w) {
          c.prune_erk_power = parse_double(t, w, "a finite number >= 0",
                                           [](double v) { return std::isfinite(v) && v >= 0.0; });
@@ -289,7 +289,7 @@ const std::vector<Entry>& entries() {
        get_str(&C::dns_surgery)},
       {{"dns_dense_every", "dns-dense-every", "N",
         "dns: the dense WG (the gradient of the pruned weights) on every N-th step only (1 = every step, as "
-        "in the paper)"},
+        "in the paper; the kept weights get theirs every step)"},
        pos_int(&C::dns_dense_every, 1, "an integer >= 1"),
        get_int(&C::dns_dense_every)},
       {{"dns_dense_scale", "dns-dense-scale", "FLOAT",
@@ -490,10 +490,12 @@ void validate(const RunConfig& c) {
   TRAINER_CHECK(c.initial_sparsity <= c.sparsity,
                 "config: 'initial_sparsity' ({}) must not exceed 'sparsity' ({})", c.initial_sparsity,
                 c.sparsity);
-  TRAINER_CHECK(c.prune_erk_power == 1.0 || c.prune_distribution == "erk",
+  // The two keys below have defaults that apply to one distribution / policy only; any other value given
+  // with another one is a mistake worth naming.
+  TRAINER_CHECK(c.prune_erk_power == RunConfig{}.prune_erk_power || c.prune_distribution == "erk",
                 "config: 'prune_erk_power' ({}) applies to prune_distribution 'erk' only (it is '{}')",
                 c.prune_erk_power, c.prune_distribution);
-  TRAINER_CHECK(c.dns_dense_every == 1 || c.prune == "dns",
+  TRAINER_CHECK(c.dns_dense_every == RunConfig{}.dns_dense_every || c.prune == "dns",
                 "config: 'dns_dense_every' ({}) applies to prune 'dns' only (it is '{}')", c.dns_dense_every,
                 c.prune);
   TRAINER_CHECK(c.dns_dense_scale == 1.0 || c.prune == "dns",

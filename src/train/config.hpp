@@ -56,13 +56,15 @@ struct RunConfig {
   double sparsity = 0.9;                   // final weight sparsity over the pruned tensors, [0, 1)
   double initial_sparsity = 0.0;           // magnitude, dns: start of the cubic schedule
   std::string prune_distribution = "erk";  // uniform | erk | global
-  double prune_erk_power = 1.0;            // erk: density ~ score^power (1 ERK, 0 uniform)
+  double prune_erk_power = 0.75;  // erk: density ~ score^power (1 ERK as published, 0 uniform; 0.75 the
+                                  // engine's default, docs/sparse-training.md "Defaults")
   int64_t prune_every = 100;               // ΔT: steps between mask updates
   double prune_begin = -1.0;  // fraction of the run where pruning starts; < 0: the policy's default
   double prune_end = -1.0;    // fraction of the run where the schedule ends / rigl stops; < 0: default
   double rigl_alpha = 0.3;    // rigl: initial drop fraction
   std::string dns_surgery = "always";  // dns: always (prune and splice to the last step) | schedule
-  int64_t dns_dense_every = 1;         // dns: a dense WG every N steps (1: every step, the paper's)
+  int64_t dns_dense_every = 20;        // dns: a dense WG every N steps (1: every step, the paper's; 20 the
+                                       // engine's default, docs/sparse-training.md "Defaults")
   double dns_dense_scale = 1.0;        // dns: pruned positions' gradient on a dense-WG step times this
   bool prune_first_last = false;       // also prune the first conv and the last linear (kept dense otherwise)
   std::string kernels = "auto";        // auto | dense | sparse: which conv kernels a sparse run may use

@@ -156,7 +156,8 @@ PruningOptions pruning_options(const RunConfig& cfg, int64_t total_steps) {
   po.sparsity = cfg.sparsity;
   po.initial_sparsity = cfg.initial_sparsity;
   po.distribution = cfg.prune_distribution;
-  po.erk_power = cfg.prune_erk_power;
+  // The run's defaults for these two (0.75, 20) are the library's 1 where they do not apply.
+  po.erk_power = cfg.prune_distribution == "erk" ? cfg.prune_erk_power : 1.0;
   po.total_steps = total_steps;
   po.update_every = cfg.prune_every;
   const auto at = [&](double fraction) {
@@ -166,7 +167,7 @@ PruningOptions pruning_options(const RunConfig& cfg, int64_t total_steps) {
   if (cfg.prune_end >= 0.0) po.end_step = at(cfg.prune_end);
   po.rigl_alpha = cfg.rigl_alpha;
   po.dns_surgery_after_end = cfg.dns_surgery == "always";
-  po.dns_dense_every = cfg.dns_dense_every;
+  po.dns_dense_every = cfg.prune == "dns" ? cfg.dns_dense_every : 1;
   po.dns_dense_scale = cfg.dns_dense_scale;
   po.keep_first_last_dense = !cfg.prune_first_last;
   po.seed = cfg.seed;
@@ -379,11 +380,11 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
         "pruning: {} to {:.0f}% weight sparsity ({} distribution, mask updates every {} steps from step {} "
         "to {}{}); kernels {} ({}, cost model: {})\n",
         cfg.prune, 100.0 * cfg.sparsity,
-        cfg.prune_erk_power == 1.0
+        cfg.prune_distribution != "erk" || cfg.prune_erk_power == 1.0
             ? cfg.prune_distribution
             : fmt::format("{} (power {})", cfg.prune_distribution, cfg.prune_erk_power),
         cfg.prune_every, policy->begin_step(), policy->end_step(),
-        cfg.dns_dense_every > 1 || cfg.dns_dense_scale != 1.0
+        cfg.prune == "dns" && (cfg.dns_dense_every > 1 || cfg.dns_dense_scale != 1.0)
             ? fmt::format("; dense WG every {} steps, pruned gradient x{}", cfg.dns_dense_every,
                           cfg.dns_dense_scale)
             : "",

@@ -71,7 +71,11 @@ TEST_F(SparseTrain, EachPolicyReachesItsTargetAndSkipsThePrunedWork) {
     EXPECT_GT(pruned_share, 0.6) << ff.dump();
     EXPECT_LT(pruned_share, 0.8) << ff.dump();
     if (policy == "dns") {
-      EXPECT_EQ(last.at("dense_wg_steps").get<int64_t>(), 18);  // every step
+      // The default dense WG every 20 steps: of these 18, step 0 only.
+      EXPECT_HAS(r.out, "dense WG every 20 steps");
+      EXPECT_EQ(last.at("dense_wg_steps").get<int64_t>(), 1);
+    } else {
+      EXPECT_EQ(r.out.find("dense WG every"), std::string::npos) << r.out;
     }
     if (policy == "magnitude") {
       EXPECT_EQ(last.at("dense_wg_steps").get<int64_t>(), 0);
@@ -102,10 +106,11 @@ TEST_F(SparseTrain, EachPolicyReachesItsTargetAndSkipsThePrunedWork) {
 }
 
 // --dns-surgery schedule: the masks stop moving where the schedule ends (step 9 of 18), and so does the
-// dense WG; the sparsity holds.
+// dense WG (here every step, as published); the sparsity holds.
 TEST_F(SparseTrain, DnsScheduleSurgeryEndsTheDenseWgWithTheSchedule) {
   const Result r = run(kRun +
-                       "--epochs 3 --prune dns --dns-surgery schedule --sparsity 0.8 --prune-every 2 "
+                       "--epochs 3 --prune dns --dns-dense-every 1 --dns-surgery schedule --sparsity 0.8 "
+                       "--prune-every 2 "
                        "--prune-begin 0 --prune-end 0.5 --prune-distribution uniform --no-ops-summary "
                        "--metrics d.jsonl");
   ASSERT_EQ(r.code, 0) << r.err;
@@ -192,18 +197,21 @@ TEST_F(SparseTrain, MismatchedResumesAreRefused) {
 }
 
 // --prune-erk-power: the first stage's 3x3 conv keeps fewer weights as the power falls from ERK (1) toward
-// uniform (0), the last stage's more; at 0 both are at the target. Masks at the target from step 0.
+// uniform (0), the last stage's more; at 0 both are at the target. Masks at the target from step 0. The
+// default is 0.75: between ERK and 0.5.
 TEST_F(SparseTrain, ErkPowerMovesDensityFromSmallLayersToLargeOnes) {
   auto pruned_share = [&](const std::string& power, const std::string& layer) {
     const std::string m = "erk" + power + ".jsonl";
     if (!std::filesystem::exists(dir_ / m)) {
       const Result r = run(kRun +
                            "--epochs 1 --max-steps 1 --prune magnitude --sparsity 0.9 --initial-sparsity 0.9 "
-                           "--prune-begin 0 --kernels sparse --prune-erk-power " +
-                           power + " --metrics " + m);
+                           "--prune-begin 0 --kernels sparse " +
+                           (power == "default" ? "" : "--prune-erk-power " + power) + " --metrics " + m);
       EXPECT_EQ(r.code, 0) << r.err;
-      if (power != "1") {
-        EXPECT_HAS(r.out, "erk (power " + power + ") distribution");
+      if (power == "1") {
+        EXPECT_HAS(r.out, "(erk distribution");
+      } else {
+        EXPECT_HAS(r.out, "erk (power " + (power == "default" ? "0.75" : power) + ") distribution");
       }
     }
     const auto lines = metrics(m);
@@ -215,7 +223,8 @@ TEST_F(SparseTrain, ErkPowerMovesDensityFromSmallLayersToLargeOnes) {
     return 0.0;
   };
   const std::string first = "stage0.block0.conv0", last = "stage2.block0.conv1";
-  EXPECT_LT(pruned_share("1", first), pruned_share("0.5", first));
+  EXPECT_LT(pruned_share("1", first), pruned_share("default", first));
+  EXPECT_LT(pruned_share("default", first), pruned_share("0.5", first));
   EXPECT_LT(pruned_share("0.5", first), pruned_share("0", first));
   EXPECT_GT(pruned_share("1", last), pruned_share("0.5", last));
   EXPECT_GT(pruned_share("0.5", last), pruned_share("0", last));
