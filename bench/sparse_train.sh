@@ -7,11 +7,12 @@
 #   bench/sparse_train.sh --accuracy --epochs 4
 #                                              # accuracy table: dense, then policy x sparsity 80/90/95%
 #   options: --model resnet20 --width 16 --threads 2 --batch-size 128 --steps 200 --sparsities "0.8 0.9 0.95"
-#            --policies "magnitude dns rigl" --distribution uniform|erk --kernels auto|sparse|dense
+#            --policies "magnitude dns rigl" --distribution erk|uniform|global --kernels auto|sparse|dense
 #            --calibration FILE --no-torch
 #            --rounds N   (throughput mode: the whole sequence N times; the median of each run's images/s)
 #            --prune-args "--prune-end 0.5 --prune-every 50"   (added to every pruned run, both modes;
-#                                                              e.g. "--prune-erk-power 0.5")
+#                                                              e.g. "--prune-erk-power 1", ERK as
+#                                                              published, or "--dns-dense-every 1")
 #            --runs "dense magnitude:0.9 rigl:0.95"   (accuracy mode: exactly these runs, in this order;
 #                                                      e.g. to split the table over two processes)
 #
@@ -21,7 +22,8 @@
 # the run; rigl holds the sparsity from the start and stops updating masks at 75%).
 #
 # Recipe (every run): SGD momentum 0.9 Nesterov, weight decay 5e-4, one-cycle schedule (peak lr 0.1),
-# Kaiming init, crop 2 + flip augmentation for accuracy runs, batch 128, 2 threads. Run on a quiet
+# Kaiming init, crop 2 + flip augmentation for accuracy runs, batch 128, 2 threads; the pruning options
+# the trainer's defaults unless --distribution / --prune-args say otherwise. Run on a quiet
 # machine: with 2 threads any other load distorts timings (docs/benchmarks.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +38,7 @@ epochs=4
 accuracy=0
 sparsities="0.8 0.9 0.95"
 policies="magnitude dns rigl"
-distribution=uniform
+distribution=erk  # the trainer's default (to its default power, 0.75; docs/sparse-training.md "Defaults")
 kernels=auto
 calibration=()
 torch=1
