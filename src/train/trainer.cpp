@@ -323,7 +323,8 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
   sctx.mode = parse_kernel_mode(cfg.kernels);
   sctx.cost = &cost_model;
   std::unique_ptr<PruningPolicy> policy;
-  if (pruned_run) policy = make_policy(cfg.prune, pruning_options(cfg, cfg.epochs * steps_taken));
+  const PruningOptions prune_opts = pruning_options(cfg, cfg.epochs * steps_taken);
+  if (pruned_run) policy = make_policy(cfg.prune, prune_opts);
 
   int64_t start_epoch = 0, global_step = 0;
   std::optional<Checkpoint> resumed;
@@ -380,13 +381,14 @@ RunResult train(const RunConfig& cfg, std::FILE* out, const TrainHooks& hooks) {
         "pruning: {} to {:.0f}% weight sparsity ({} distribution, mask updates every {} steps from step {} "
         "to {}{}); kernels {} ({}, cost model: {})\n",
         cfg.prune, 100.0 * cfg.sparsity,
-        cfg.prune_distribution != "erk" || cfg.prune_erk_power == 1.0
+        // What the policy was given (pruning_options), not the run's defaults where they do not apply.
+        prune_opts.erk_power == 1.0
             ? cfg.prune_distribution
-            : fmt::format("{} (power {})", cfg.prune_distribution, cfg.prune_erk_power),
+            : fmt::format("{} (power {})", cfg.prune_distribution, prune_opts.erk_power),
         cfg.prune_every, policy->begin_step(), policy->end_step(),
-        cfg.prune == "dns" && (cfg.dns_dense_every > 1 || cfg.dns_dense_scale != 1.0)
-            ? fmt::format("; dense WG every {} steps, pruned gradient x{}", cfg.dns_dense_every,
-                          cfg.dns_dense_scale)
+        prune_opts.dns_dense_every > 1 || prune_opts.dns_dense_scale != 1.0
+            ? fmt::format("; dense WG every {} steps, pruned gradient x{}", prune_opts.dns_dense_every,
+                          prune_opts.dns_dense_scale)
             : "",
         cfg.kernels, sparse_layout ? "NCHW16n activations" : "oneDNN on nChw16c",
         cost_model.source + cost_model_shapes_note(cost_model, *graph, image));

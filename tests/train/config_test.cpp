@@ -167,7 +167,7 @@ TEST_F(ConfigFile, CrossKeyChecksNameBothKeys) {
   EXPECT_HAS(d, "'rigl'");
   EXPECT_HAS(error_of("prune: magnitude\ndns_dense_scale: 2\n"), "'dns_dense_scale' (2)");
   // Their defaults (power 0.75, a dense WG every 20 steps) stand silently beside another distribution or
-  // policy; any value given with one is named, the published 1 included.
+  // policy; any other value given with one is named, the published 1 included.
   EXPECT_EQ(error_of("prune: magnitude\nprune_distribution: uniform\n"), "");
   EXPECT_HAS(error_of("prune_distribution: global\nprune_erk_power: 1\n"), "'prune_erk_power' (1)");
   EXPECT_HAS(error_of("prune: rigl\ndns_dense_every: 1\n"), "'dns_dense_every' (1)");
