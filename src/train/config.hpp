@@ -63,7 +63,7 @@ struct RunConfig {
   double prune_end = -1.0;    // fraction of the run where the schedule ends / rigl stops; < 0: default
   double rigl_alpha = 0.3;    // rigl: initial drop fraction
   std::string dns_surgery = "always";  // dns: always (prune and splice to the last step) | schedule
-  int64_t dns_dense_every = 20;        // dns: a dense WG every N steps (1: every step, the paper's; 20 the
+  int64_t dns_dense_every = 40;        // dns: a dense WG every N steps (1: every step, the paper's; 40 the
                                        // engine's default, docs/sparse-training.md "Defaults")
   double dns_dense_scale = 1.0;        // dns: pruned positions' gradient on a dense-WG step times this
   bool prune_first_last = false;       // also prune the first conv and the last linear (kept dense otherwise)

@@ -71,8 +71,8 @@ TEST_F(SparseTrain, EachPolicyReachesItsTargetAndSkipsThePrunedWork) {
     EXPECT_GT(pruned_share, 0.6) << ff.dump();
     EXPECT_LT(pruned_share, 0.8) << ff.dump();
     if (policy == "dns") {
-      // The default dense WG every 20 steps: of these 18, step 0 only.
-      EXPECT_HAS(r.out, "dense WG every 20 steps");
+      // The default dense WG every 40 steps: of these 18, step 0 only.
+      EXPECT_HAS(r.out, "dense WG every 40 steps");
       EXPECT_EQ(last.at("dense_wg_steps").get<int64_t>(), 1);
     } else {
       EXPECT_EQ(r.out.find("dense WG every"), std::string::npos) << r.out;

@@ -166,7 +166,7 @@ TEST_F(ConfigFile, CrossKeyChecksNameBothKeys) {
   EXPECT_HAS(d, "'dns_dense_every' (4)");
   EXPECT_HAS(d, "'rigl'");
   EXPECT_HAS(error_of("prune: magnitude\ndns_dense_scale: 2\n"), "'dns_dense_scale' (2)");
-  // Their defaults (power 0.75, a dense WG every 20 steps) stand silently beside another distribution or
+  // Their defaults (power 0.75, a dense WG every 40 steps) stand silently beside another distribution or
   // policy; any other value given with one is named, the published 1 included.
   EXPECT_EQ(error_of("prune: magnitude\nprune_distribution: uniform\n"), "");
   EXPECT_HAS(error_of("prune_distribution: global\nprune_erk_power: 1\n"), "'prune_erk_power' (1)");
