@@ -15,6 +15,19 @@
 //   3 upper bound of sharing input loads: pairs of output channels with identical taps, each input
 //     vector loaded once for two multiply-adds
 //   4 weights stored pre-broadcast (a plain 64-byte load, no broadcast)
+// Compile-time variants of the shape (docs/benchmarks.md, 2026-12-06, tenth session), e.g.
+//   -DTL_CHANNELS=8   input channels in the slab (default 16): half the tile's L1 footprint
+//   -DTL_TQ=14        tile width (default 7; 28 must be a multiple of it)
+//   -DTL_SAME_TILE=1  every tile reads the same slab region (no L1 refills between tiles)
+#ifndef TL_CHANNELS
+#define TL_CHANNELS 16
+#endif
+#ifndef TL_TQ
+#define TL_TQ 7
+#endif
+#ifndef TL_SAME_TILE
+#define TL_SAME_TILE 0
+#endif
 #include <immintrin.h>
 
 #include <chrono>
@@ -27,7 +40,7 @@
 
 namespace {
 
-constexpr int kC = 16, kK = 16, kRows = 10, kCols = 30, kL = 16, kTq = 7;
+constexpr int kC = TL_CHANNELS, kK = 16, kRows = 10, kCols = 30, kL = 16, kTq = TL_TQ;
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -100,7 +113,7 @@ int main(int argc, char** argv) {
   auto band = [&](int variant) {
     for (int i = 0; i < 8; ++i)
       for (int j = 0; j + kTq <= 28; j += kTq) {
-        const float* xb = slab + (i * kCols + j) * kL;
+        const float* xb = slab + (TL_SAME_TILE ? 0 : (i * kCols + j) * kL);
         for (int k = 0; k < kK; ++k) {
           __m512 acc[kTq], acc2[kTq];
           for (int t = 0; t < kTq; ++t) acc[t] = acc2[t] = _mm512_setzero_ps();
@@ -162,8 +175,10 @@ int main(int argc, char** argv) {
   const long tiles = 8 * (28 / kTq);
   long paired = 0;  // variant 3: the even channels' taps, twice
   for (int k = 0; k < kK; k += 2) paired += 2L * (seg[k + 1] - seg[k]);
-  std::printf("tap loop, density %.2f (%zu taps over %d output channels), 1x7 tiles, one core:\n", density,
-              off.size(), kK);
+  std::printf(
+      "tap loop, density %.2f (%zu taps over %d output channels), 1x%d tiles, %d input channels%s, one "
+      "core:\n",
+      density, off.size(), kK, kTq, kC, TL_SAME_TILE ? " (every tile the same region)" : "");
   const char* names[] = {"0 two arrays (engine)", "1 packed, GPR broadcast", "2 packed, vector extract",
                          "3 shared input loads", "4 pre-broadcast weights"};
   for (int rep = 0; rep < 3; ++rep)
