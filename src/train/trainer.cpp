@@ -156,7 +156,8 @@ PruningOptions pruning_options(const RunConfig& cfg, int64_t total_steps) {
   po.sparsity = cfg.sparsity;
   po.initial_sparsity = cfg.initial_sparsity;
   po.distribution = cfg.prune_distribution;
-  // The run's defaults for these two (0.75, 20) are the library's 1 where they do not apply.
+  // The run's defaults for these two (RunConfig: ERK's power, DNS's interval) are the library's 1 where
+  // they do not apply.
   po.erk_power = cfg.prune_distribution == "erk" ? cfg.prune_erk_power : 1.0;
   po.total_steps = total_steps;
   po.update_every = cfg.prune_every;
